@@ -1,0 +1,1 @@
+"""tabular-service sync: fills the shared model cache and owns its manifest format."""
