@@ -150,7 +150,9 @@ class Settings:
 
 
 def _env_name(field_name: str) -> str:
-    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
+    return str(
+        next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
+    )
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -1,0 +1,75 @@
+"""`tabular-worker run` as a user runs it: a real subprocess, real files, stdout and stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None,
+            cwd: Path = ROOT) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHARED_MODEL_VOLUME_ENABLED": "false",
+                "TABULAR_LLM_ENABLED": "false", **(env or {})}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], input=stdin, capture_output=True,
+        env=full_env, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def assert_json_stderr(stderr: bytes) -> None:
+    lines = stderr.decode().splitlines()
+    assert lines, "expected log lines on stderr"
+    for line in lines:
+        entry = orjson.loads(line)
+        assert entry["severity"] and entry["message"], line
+
+
+def test_run_examples_prints_one_result_per_job() -> None:
+    proc = run_cli("run", "--input", "examples/jobs.jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_json_stderr(proc.stderr)
+    results = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    jobs = [orjson.loads(line) for line in (ROOT / "examples/jobs.jsonl").read_bytes().splitlines()]
+    assert sorted(r["job_id"] for r in results) == sorted(j["job_id"] for j in jobs)
+    by_id = {r["job_id"]: r for r in results}
+    assert by_id["not-a-valid-job"]["error"]["code"] == "unknown_type"
+    assert by_id["embed-products-file"]["rows"] == 6
+    tickets = by_id["classify-tickets-zero-shot"]["predictions"]
+    assert [p["label"] for p in tickets] == ["billing", "technical", "shipping", "billing"]
+
+
+def test_run_stdin_to_output_file_with_garbage_lines(tmp_path: Path) -> None:
+    lines = b"\n".join([
+        b'{"job_id":"a","type":"embed","table":{"columns":["x"],"rows":[["hi"]]}}',
+        b"not json at all",
+        b"",
+        b"\xff\xfe binary",
+    ])  # fmt: skip
+    out = tmp_path / "results.jsonl"
+    proc = run_cli("run", "--input", "-", "--output", str(out), stdin=lines)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == b""
+    assert_json_stderr(proc.stderr)
+    results = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(results) == 3
+    assert sorted(r["status"] for r in results) == ["error", "error", "ok"]
+    assert {r["error"]["code"] for r in results if r["status"] == "error"} == {"invalid_json"}
+
+
+def test_bad_setting_is_a_clear_json_error() -> None:
+    proc = run_cli("run", "--input", "-", stdin=b"", env={"TABULAR_BATCH_MAX_ROWS": "many"})
+    assert proc.returncode == 2
+    assert_json_stderr(proc.stderr)
+    assert b"TABULAR_BATCH_MAX_ROWS" in proc.stderr
+
+
+def test_missing_input_file() -> None:
+    proc = run_cli("run", "--input", "/nonexistent/jobs.jsonl")
+    assert proc.returncode == 2
+    assert_json_stderr(proc.stderr)

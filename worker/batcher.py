@@ -1,0 +1,205 @@
+"""Micro-batching: rows from many concurrent jobs share one `encode` call.
+
+Batching is worth ~3x on this CPU for one-row jobs (raw encode: ~80 rows/s at batch 1, ~250 at
+batch 32). The batcher knows nothing of models: it is handed a blocking `encode` function and runs
+it in one executor thread so the event loop keeps receiving jobs while the model works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+_T = TypeVar("_T")
+Vectors = npt.NDArray[np.float32]
+# encode(texts) -> (vectors [n, dims], token counts [n]) ; blocking, run in the model thread.
+EncodeFn = Callable[[list[str]], tuple[Vectors, npt.NDArray[np.int64]]]
+BatchObserver = Callable[[int, int], None]
+
+
+def estimate_tokens(text: str) -> int:
+    """Cheap upper-bound-ish estimate for batch limits (WordPiece averages ~4 chars a token)."""
+    return len(text) // 4 + 2
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    future: asyncio.Future[tuple[Vectors, npt.NDArray[np.int64]]]
+    encode: EncodeFn
+    next_row: int = 0  # first row not yet handed to a batch
+    parts: list[tuple[int, Vectors, npt.NDArray[np.int64]]] = field(default_factory=list)
+    done_rows: int = 0
+
+
+class Batcher:
+    def __init__(
+        self,
+        *,
+        max_rows: int = 64,
+        max_tokens: int = 16_384,
+        max_wait: float = 0.005,
+        max_tokens_per_row: int = 512,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.max_rows = max_rows
+        self.max_tokens = max_tokens
+        self.max_wait = max_wait
+        self.max_tokens_per_row = max_tokens_per_row
+        self._observe = observe
+        self._queue: deque[_Request] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._task: asyncio.Task[None] | None = None
+        self.batches: list[int] = []  # sizes of recent encode calls (tests, debugging)
+
+    async def encode(
+        self, texts: Sequence[str], encode: EncodeFn
+    ) -> tuple[Vectors, npt.NDArray[np.int64]]:
+        """Vectors and token counts for `texts`, in order, computed with `encode`.
+
+        `encode` travels with the request so a hot reload can switch models between batches:
+        rows queued before the switch finish on the model they were queued for.
+        """
+        loop = asyncio.get_running_loop()
+        if not texts:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="batcher")
+        request = _Request(list(texts), loop.create_future(), encode)
+        self._queue.append(request)
+        self._wakeup.set()
+        return await request.future
+
+    async def run_in_model_thread(self, fn: Callable[[], _T]) -> _T:
+        """Work that must not overlap with encode (model load, warm-up) goes through here."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -----------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                await self._fill()
+                batch = self._take_batch()
+                if batch:
+                    await self._encode_batch(batch)
+
+    async def _fill(self) -> None:
+        """Wait up to max_wait for a partial batch to fill, never longer."""
+        deadline = time.monotonic() + self.max_wait
+        while self._pending_rows() < self.max_rows:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _pending_rows(self) -> int:
+        return sum(len(r.texts) - r.next_row for r in self._queue if not r.future.done())
+
+    def _take_batch(self) -> list[tuple[_Request, int, int]]:
+        """Slices (request, start, stop) up to the row and token limits, oldest job first.
+
+        Only requests sharing the first request's encode function go into one batch.
+        """
+        batch: list[tuple[_Request, int, int]] = []
+        rows = tokens = 0
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()  # cancelled by its caller
+        if not self._queue:
+            return batch
+        encode = self._queue[0].encode
+        for request in list(self._queue):
+            if request.future.done() or request.encode != encode:
+                continue
+            start = stop = request.next_row
+            while stop < len(request.texts) and rows < self.max_rows:
+                cost = min(estimate_tokens(request.texts[stop]), self.max_tokens_per_row)
+                if rows and tokens + cost > self.max_tokens:
+                    break
+                rows, tokens, stop = rows + 1, tokens + cost, stop + 1
+            if stop > start:
+                batch.append((request, start, stop))
+                request.next_row = stop
+                if stop == len(request.texts):
+                    self._queue.remove(request)
+            if (
+                rows >= self.max_rows
+                or (rows and tokens >= self.max_tokens)
+                or stop < len(request.texts)
+            ):
+                break
+        return batch
+
+    async def _encode_batch(self, batch: list[tuple[_Request, int, int]]) -> None:
+        texts = [t for request, a, b in batch for t in request.texts[a:b]]
+        encode = batch[0][0].encode
+        try:
+            vectors, counts = await self.run_in_model_thread(lambda: encode(texts))
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0][0], exc)
+                return
+            # Isolate the culprit: each job's rows again on their own, so one bad job
+            # cannot fail the jobs it happened to share a batch with.
+            for item in batch:
+                await self._encode_batch([item])
+            return
+        self.batches.append(len(texts))
+        del self.batches[:-1000]
+        if self._observe is not None:
+            self._observe(len(texts), int(counts.sum()))
+        offset = 0
+        for request, a, b in batch:
+            n = b - a
+            self._deliver(request, a, vectors[offset : offset + n], counts[offset : offset + n])
+            offset += n
+
+    def _deliver(
+        self, request: _Request, start: int, vectors: Vectors, counts: npt.NDArray[np.int64]
+    ) -> None:
+        if request.future.done():
+            return
+        request.parts.append((start, vectors, counts))
+        request.done_rows += len(vectors)
+        if request.done_rows == len(request.texts):
+            request.parts.sort(key=lambda p: p[0])
+            request.future.set_result(
+                (
+                    np.concatenate([p[1] for p in request.parts]),
+                    np.concatenate([p[2] for p in request.parts]),
+                )
+            )
+
+    def _fail(self, request: _Request, exc: Exception) -> None:
+        if not request.future.done():
+            request.future.set_exception(ModelError(f"the model could not encode: {exc}"))
+        if request in self._queue:
+            self._queue.remove(request)
+
+
+class ModelError(RuntimeError):
+    """Encoding failed; raised to the job(s) whose rows were in the failed call."""

@@ -1,0 +1,164 @@
+"""Classification methods behind one shape: rows in, (label, score, scores per label) out.
+
+zero_shot and few_shot work on embeddings the batcher already computed; llm asks an Ollama
+model one row at a time with JSON-constrained output and checks its answer against the labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from worker.jobs import JobError, Label
+
+Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+def normalize(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    out: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
+
+
+def _predictions(probs: npt.NDArray[np.float64], names: list[str]) -> list[Prediction]:
+    best = probs.argmax(axis=1)
+    return [
+        Prediction(
+            names[int(b)],
+            round(float(p[b]), 6),
+            {n: round(float(v), 6) for n, v in zip(names, p, strict=True)},
+        )
+        for b, p in zip(best, probs, strict=True)
+    ]
+
+
+def zero_shot(
+    rows: Vectors, labels: Vectors, names: list[str], temperature: float
+) -> list[Prediction]:
+    """Softmax over cosine similarities divided by `temperature`.
+
+    Cosines of sentence embeddings crowd into a narrow band (~0.1-0.6), so T=1 would give
+    near-uniform scores; the default T=0.05 spreads them into usable confidences while
+    keeping the ranking identical to raw cosine.
+    """
+    sims = normalize(rows).astype(np.float64) @ normalize(labels).astype(np.float64).T
+    logits = sims / max(temperature, 1e-6)
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return _predictions(exp / exp.sum(axis=1, keepdims=True), names)
+
+
+def few_shot(
+    examples: Vectors, example_labels: list[str], rows: Vectors, names: list[str]
+) -> list[Prediction]:
+    """LogisticRegression on the job's labelled example rows; scores from predict_proba."""
+    from sklearn.linear_model import LogisticRegression
+
+    classes = sorted(set(example_labels))
+    if len(classes) < 2:
+        raise JobError("too_few_classes", "few_shot needs examples of at least two labels")
+    clf = LogisticRegression(max_iter=1000)
+    clf.fit(normalize(examples), example_labels)
+    fitted = list(clf.classes_)
+    probs = np.zeros((len(rows), len(names)))
+    proba = clf.predict_proba(normalize(rows))
+    for j, name in enumerate(fitted):
+        probs[:, names.index(name)] = proba[:, j]
+    return _predictions(probs, names)
+
+
+# ---------------------------------------------------------------------------------------------
+# llm
+
+
+class LlmClassifier:
+    """Asks Ollama (`/api/chat`, `format` = a JSON schema naming the labels) one row at a time."""
+
+    def __init__(self, host: str, model: str, timeout: float, concurrency: int = 2) -> None:
+        from ollama import AsyncClient
+
+        self.model = model
+        self.timeout = timeout
+        self._client = AsyncClient(host=host, timeout=timeout)
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def classify(self, texts: list[str], labels: list[Label]) -> list[Prediction]:
+        return list(await asyncio.gather(*(self._one(i, t, labels) for i, t in enumerate(texts))))
+
+    async def _one(self, index: int, text: str, labels: list[Label]) -> Prediction:
+        names = [label.name for label in labels]
+        async with self._slots:
+            content = await self._ask(text, labels)
+        try:
+            answer = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise JobError(
+                "llm_invalid_answer", f"row {index}: the LLM answer is not JSON: {content[:80]!r}"
+            ) from None
+        label = answer.get("label") if isinstance(answer, dict) else None
+        if label not in names:
+            raise JobError(
+                "llm_invalid_answer",
+                f"row {index}: the LLM answered {label!r}, not one of the labels",
+            )
+        confidence = answer.get("confidence", 1.0)
+        if not isinstance(confidence, int | float) or not 0.0 <= confidence <= 1.0:
+            confidence = 1.0
+        rest = (1.0 - confidence) / max(1, len(names) - 1)
+        scores = {n: round(float(confidence) if n == label else rest, 6) for n in names}
+        return Prediction(label, round(float(confidence), 6), scores)
+
+    async def _ask(self, text: str, labels: list[Label]) -> str:
+        from ollama import ResponseError
+
+        listing = "\n".join(
+            f"- {lb.name}" + (f": {lb.description}" if lb.description else "") for lb in labels
+        )
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "label": {"type": "string", "enum": [lb.name for lb in labels]},
+                "confidence": {"type": "number"},
+            },
+            "required": ["label"],
+        }
+        messages = [
+            {
+                "role": "system",
+                "content": "You classify one table row. Answer with JSON: "
+                '{"label": <one of the labels>, "confidence": <0..1>}.\nLabels:\n' + listing,
+            },
+            {"role": "user", "content": text},
+        ]
+        try:
+            response = await asyncio.wait_for(
+                self._client.chat(
+                    model=self.model, messages=messages, format=schema, options={"temperature": 0}
+                ),
+                self.timeout,
+            )
+        except (TimeoutError, httpx.TimeoutException):
+            raise JobError(
+                "llm_timeout", f"Ollama did not answer within {self.timeout:g} s"
+            ) from None
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise JobError("llm_unavailable", f"Ollama is unreachable: {exc}") from None
+        except ResponseError as exc:
+            code = "llm_unavailable" if exc.status_code >= 500 else "llm_error"
+            if exc.status_code == 404:
+                code = "llm_model_missing"
+            raise JobError(code, f"Ollama answered {exc.status_code}: {exc.error}") from None
+        return str(response.message.content or "")

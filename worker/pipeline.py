@@ -1,0 +1,210 @@
+"""One job, start to finish, independent of transport: bytes in, a result message out.
+
+`Pipeline.handle` is what both `tabular-worker run` and the Pub/Sub worker call. It never
+raises: every failure becomes an error result, and `Outcome.retryable` tells a transport
+whether redelivery could help.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from worker import logs
+from worker.batcher import Batcher, ModelError, Vectors
+from worker.classify import LlmClassifier, Prediction, few_shot, normalize, zero_shot
+from worker.jobs import Job, JobError, Limits, decode, load_source
+from worker.metrics import WorkerMetrics
+from worker.model import EmbeddingModel
+from worker.settings import Settings
+
+log = logs.get(__name__)
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    job_id: str | None
+    type: str | None
+    rows: int = 0
+    code: str = ""
+    retryable: bool = False
+
+    @property
+    def status(self) -> str:
+        return str(self.result["status"])
+
+    def data(self) -> bytes:
+        return orjson.dumps(self.result)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        model: EmbeddingModel,
+        *,
+        metrics: WorkerMetrics | None = None,
+        llm: LlmClassifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.metrics = metrics
+        self.llm = llm
+        self.limits = Limits(
+            settings.max_rows_per_job, settings.max_cell_chars, settings.max_job_bytes
+        )
+        self.batcher = Batcher(
+            max_rows=settings.batch_max_rows,
+            max_tokens=settings.batch_max_tokens,
+            max_wait=settings.batch_max_wait_ms / 1000,
+            max_tokens_per_row=model.max_seq_length,
+            observe=self._observe_batch,
+        )
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    async def handle(self, data: bytes) -> Outcome:
+        started = time.perf_counter()
+        job: Job | None = None
+        try:
+            job = decode(data, self.limits)
+            decoded = time.perf_counter()
+            if job.source_path is not None:
+                await load_source(job, self.settings.data_root, self.limits)
+            body = await self._process(job)
+            body["timings"] = _timings(started, decoded)
+            outcome = Outcome(body, job.job_id, job.type, rows=len(job.rows))
+        except JobError as exc:
+            job_id = job.job_id if job is not None else exc.job_id
+            outcome = _error(job_id, job.type if job else None, exc.code, exc.message, started)
+        except ModelError as exc:
+            job_id, job_type = (job.job_id, job.type) if job else (None, None)
+            outcome = _error(job_id, job_type, "model_unavailable", str(exc), started)
+        except Exception as exc:  # a bug must cost one job an error result, never the worker
+            log.exception("job failed unexpectedly", extra={"job_id": job and job.job_id})
+            job_id, job_type = (job.job_id, job.type) if job else (None, None)
+            outcome = _error(job_id, job_type, "internal", f"internal error: {exc!r}", started)
+        if self.metrics is not None:
+            self._count(outcome)
+        return outcome
+
+    # -----------------------------------------------------------------------------------------
+
+    async def _process(self, job: Job) -> dict[str, Any]:
+        model = self.model  # a hot reload mid-job must not mix two models in one result
+        body: dict[str, Any] = {
+            "job_id": job.job_id,
+            "status": "ok",
+            "type": job.type,
+            "model": {
+                "name": model.info.name,
+                "source": model.info.source,
+                "generation": model.info.generation,
+                "revision": model.info.revision,
+            },
+            "rows": len(job.rows),
+        }
+        texts = job.texts()
+        needs_vectors = (
+            job.type == "embed" or job.method != "llm" or job.embeddings_format != "none"
+        )
+        vectors = np.zeros((0, model.dims), np.float32)
+        if needs_vectors:
+            raw, counts = await self.batcher.encode(texts, model.encode)
+            normalized = (
+                self.settings.normalize_embeddings if job.normalize is None else job.normalize
+            )
+            vectors = normalize(raw) if normalized else raw
+            body["dims"] = model.dims
+            body["normalized"] = normalized
+            body["truncated_rows"] = [int(i) for i in np.flatnonzero(counts > model.max_seq_length)]
+            body["max_tokens"] = model.max_seq_length
+        if job.type == "classify":
+            body["method"] = job.method
+            body["predictions"] = [
+                {"label": p.label, "score": p.score, "scores": p.scores}
+                for p in await self._classify(job, texts, vectors, model)
+            ]
+        if job.embeddings_format != "none":
+            body["embeddings"] = encode_vectors(vectors, job.embeddings_format)
+        return body
+
+    async def _classify(
+        self, job: Job, texts: list[str], vectors: Vectors, model: EmbeddingModel
+    ) -> list[Prediction]:
+        names = [label.name for label in job.labels]
+        if job.method == "zero_shot":
+            label_vecs, _ = await self.batcher.encode(
+                [label.text for label in job.labels], model.encode
+            )
+            return zero_shot(vectors, label_vecs, names, self.settings.zero_shot_temperature)
+        if job.method == "few_shot":
+            example_vecs, _ = await self.batcher.encode(job.example_texts(), model.encode)
+            labels = [ex.label for ex in job.examples]
+            return await self.batcher.run_in_model_thread(
+                lambda: few_shot(example_vecs, labels, vectors, names)
+            )
+        if self.llm is None:
+            raise JobError("llm_disabled", "llm classification is not enabled on this worker")
+        return await self.llm.classify(texts, job.labels)
+
+    def _observe_batch(self, rows: int, tokens: int) -> None:
+        if self.metrics is not None:
+            self.metrics.batch_rows.observe(rows)
+            self.metrics.batch_tokens.observe(tokens)
+
+    def _count(self, outcome: Outcome) -> None:
+        assert self.metrics is not None
+        job_type = outcome.type if outcome.type in ("embed", "classify") else "unknown"
+        if outcome.status == "ok":
+            self.metrics.rows.labels(job_type).inc(outcome.rows)
+        seconds = outcome.result.get("timings", {}).get("total_ms", 0.0) / 1000
+        self.metrics.inference_seconds.labels(job_type).observe(seconds)
+
+
+def encode_vectors(vectors: Vectors, fmt: str) -> dict[str, Any]:
+    """base64 of little-endian float32 (compact: 4 bytes a value), or plain lists."""
+    shape = [int(vectors.shape[0]), int(vectors.shape[1]) if vectors.ndim == 2 else 0]
+    if fmt == "list":
+        return {"format": "list", "shape": shape, "data": vectors.astype(float).tolist()}
+    data = base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode()
+    return {"format": "base64", "dtype": "float32", "byteorder": "little", "shape": shape,
+            "data": data}  # fmt: skip
+
+
+def decode_vectors(embeddings: dict[str, Any]) -> Vectors:
+    """Inverse of `encode_vectors` (for clients: `submit`, tests, examples)."""
+    rows, dims = embeddings["shape"]
+    if embeddings["format"] == "list":
+        return np.asarray(embeddings["data"], dtype=np.float32).reshape(rows, dims)
+    raw = base64.b64decode(embeddings["data"])
+    return np.frombuffer(raw, dtype="<f4").reshape(rows, dims).astype(np.float32)
+
+
+def _timings(started: float, decoded: float) -> dict[str, float]:
+    now = time.perf_counter()
+    return {
+        "decode_ms": round((decoded - started) * 1000, 3),
+        "total_ms": round((now - started) * 1000, 3),
+    }
+
+
+def _error(
+    job_id: str | None, job_type: str | None, code: str, message: str, started: float
+) -> Outcome:
+    retryable = JobError(code, message).retryable
+    body = {
+        "job_id": job_id,
+        "status": "error",
+        "type": job_type,
+        "error": {"code": code, "message": message, "retryable": retryable},
+        "timings": {"total_ms": round((time.perf_counter() - started) * 1000, 3)},
+    }
+    return Outcome(body, job_id, job_type, code=code, retryable=retryable)
