@@ -22,6 +22,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="write results here instead of stdout")
     run.add_argument("--concurrency", type=int, default=0, help="jobs in flight (default: "
                      "TABULAR_MAX_IN_FLIGHT_JOBS)")  # fmt: skip
+    sub.add_parser("serve", help="pull jobs from Pub/Sub, publish results (see README)")
+    submit = sub.add_parser("submit", help="publish a table as jobs; --wait gathers results")
+    submit.add_argument("--input", required=True, help="CSV/JSONL table, or a jobs file")
+    submit.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "csv", "jsonl", "jobs"],
+        help="input kind (auto: by file suffix; .jsonl means a table)",
+    )
+    submit.add_argument("--type", default="embed", choices=["embed", "classify"])
+    submit.add_argument("--rows-per-job", type=int, default=64)
+    submit.add_argument("--labels", default="", help="comma-separated labels (classify)")
+    submit.add_argument(
+        "--method", default="auto", choices=["auto", "zero_shot", "few_shot", "llm"]
+    )
+    submit.add_argument("--template", help="row-to-text template, e.g. '{name}: {text}'")
+    submit.add_argument("--job-prefix", default="", help="job ids are PREFIX-000000, ...")
+    submit.add_argument("--wait", action="store_true", help="gather the results")
+    submit.add_argument(
+        "--results-subscription",
+        default="",
+        help="subscription on the results topic (default: RESULTS_TOPIC-sub)",
+    )
+    submit.add_argument("--output", default="", help="results file: .jsonl, or .npy")
+    submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     return parser
 
 
@@ -37,7 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(settings.log_level)
     if args.command == "run":
         return _run(settings, args)
-    raise AssertionError(args.command)
+    if args.command == "serve":
+        from worker.service import Service
+
+        return asyncio.run(Service(settings).run())
+    return _submit(settings, args)
+
+
+def _submit(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.submit import SubmitOptions, submit
+
+    opts = SubmitOptions(
+        input=args.input, format=args.format, type=args.type, rows_per_job=args.rows_per_job,
+        labels=[x for x in args.labels.split(",") if x], method=args.method,
+        template=args.template, job_prefix=args.job_prefix, wait=args.wait,
+        results_subscription=args.results_subscription, output=args.output,
+        timeout=args.timeout,
+    )  # fmt: skip
+    try:
+        return asyncio.run(submit(settings, opts))
+    except (OSError, ValueError) as exc:
+        log.error("Cannot submit", extra={"error": str(exc)})
+        return 2
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

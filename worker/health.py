@@ -1,0 +1,75 @@
+"""HTTP on $PORT: /healthz (alive), /readyz (ready to take jobs, with component state), /metrics.
+
+A few plain GET endpoints do not justify a web framework; asyncio's streams serve them on the
+worker's own event loop, so the answers reflect the loop's real health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from worker import logs
+
+log = logs.get(__name__)
+
+# () -> (ready?, body): readiness is computed at request time from live component state.
+ReadinessProbe = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class HealthServer:
+    def __init__(
+        self,
+        port: int,
+        readiness: ReadinessProbe,
+        registry: CollectorRegistry = REGISTRY,
+        host: str = "0.0.0.0",
+    ) -> None:
+        self.port = port
+        self.host = host
+        self._readiness = readiness
+        self._registry = registry
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("HTTP server listening", extra={"port": self.port})
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            status, ctype, body = self._route(method, path.split("?", 1)[0])
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (body if method != "HEAD" else b""))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+        if path == "/healthz":
+            return "200 OK", "application/json", b'{"status":"alive"}'
+        if path == "/readyz":
+            ready, body = self._readiness()
+            status = "200 OK" if ready else "503 Service Unavailable"
+            return status, "application/json", orjson.dumps({"ready": ready, **body})
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        return "404 Not Found", "text/plain", b"not found\n"

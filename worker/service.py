@@ -1,0 +1,303 @@
+"""`tabular-worker serve`: jobs from a Pub/Sub subscription, results to a topic.
+
+A job message is acked only after its result (or error result) is published. Transient failures
+are nacked for redelivery; on the last delivery attempt the worker publishes an error result
+first, then lets the dead-letter policy take the message, so every job_id is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+
+from worker import logs, transport
+from worker.health import HealthServer
+from worker.metrics import WorkerMetrics
+from worker.modelstore import load_embedding_model
+from worker.pipeline import Outcome, Pipeline
+from worker.settings import Settings
+from worker.transport import Consumer, Received
+
+log = logs.get(__name__)
+
+
+class SetupError(RuntimeError):
+    """The worker cannot start (missing subscription, bad names): exit non-zero, say why."""
+
+
+class RecentResults:
+    """Bounded memory of published results by job_id: a redelivered job costs a lookup."""
+
+    def __init__(self, max_items: int, max_bytes: int = 64_000_000) -> None:
+        self._items: OrderedDict[str, tuple[bytes, dict[str, str]]] = OrderedDict()
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def get(self, job_id: str | None) -> tuple[bytes, dict[str, str]] | None:
+        if job_id is None or job_id not in self._items:
+            return None
+        self._items.move_to_end(job_id)
+        return self._items[job_id]
+
+    def put(self, job_id: str, data: bytes, attributes: dict[str, str]) -> None:
+        if self._max_items < 1 or len(data) > self._max_bytes // 8:
+            return
+        if job_id in self._items:
+            self._bytes -= len(self._items.pop(job_id)[0])
+        self._items[job_id] = (data, attributes)
+        self._bytes += len(data)
+        while len(self._items) > self._max_items or self._bytes > self._max_bytes:
+            self._bytes -= len(self._items.popitem(last=False)[1][0])
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.pipeline: Pipeline | None = None
+        self.stop = asyncio.Event()
+        self.subscription = ""
+        self.results_topic = ""
+        self.max_delivery_attempts: int | None = None
+        self._recent = RecentResults(settings.result_cache_size)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._publisher: pubsub_v1.PublisherClient | None = None
+        self._state: dict[str, Any] = {"model": {"state": "loading"}, "pubsub": {"state": "init"}}
+
+    # --- readiness ----------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ready = self.pipeline is not None and not self.stop.is_set()
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, {"components": self._state}
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        health = HealthServer(self.settings.port, self.readiness)
+        await health.start()
+        try:
+            return await self._serve()
+        except SetupError as exc:
+            log.error(str(exc))
+            return 1
+        finally:
+            await health.close()
+            if self.pipeline is not None:
+                await self.pipeline.close()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("Shutting down", extra={"signal": sig.name})
+        self.stop.set()
+
+    async def _serve(self) -> int:
+        s = self.settings
+        subscriber = transport.subscriber_client()
+        self._publisher = transport.publisher_client()
+        self.subscription = transport.full_name("subscriptions", s.jobs_subscription, s.project)
+        project = transport.project_of(self.subscription)
+        self.results_topic = transport.full_name("topics", s.results_topic, project)
+        if s.create_resources:
+            transport.ensure_resources(
+                self._publisher, subscriber,
+                jobs_topic=transport.full_name("topics", s.jobs_topic, project),
+                subscription=self.subscription, results_topic=self.results_topic,
+                dead_letter_topic=transport.full_name("topics", s.dead_letter_topic, project),
+                max_delivery_attempts=s.max_delivery_attempts,
+            )  # fmt: skip
+        await self._check_subscription(subscriber)
+        if self.stop.is_set():
+            return 0
+        model = await load_embedding_model(s, self.metrics)
+        self.pipeline = Pipeline(s, model, metrics=self.metrics, llm=_llm(s))
+        self._state["model"] = {
+            "state": "ready", "name": model.info.name, "source": model.info.source,
+            "generation": model.info.generation, "dims": model.dims,
+        }  # fmt: skip
+        if self.stop.is_set():
+            return 0
+        self.metrics.ready.set(1)
+        log.info("Worker ready", extra={"subscription": self.subscription})
+        flow = pubsub_v1.types.FlowControl(
+            max_messages=s.max_in_flight_jobs, max_bytes=s.max_in_flight_bytes
+        )
+        consumer = Consumer(subscriber, self.subscription, self.handle, flow)
+        self._state["pubsub"] = {"state": "pulling", "subscription": self.subscription}
+        await consumer.run(self.stop)
+        self.metrics.ready.set(0)
+        await self._drain(consumer)
+        return 0
+
+    async def _check_subscription(self, subscriber: pubsub_v1.SubscriberClient) -> None:
+        """Fail fast on a missing subscription; wait out an unreachable endpoint."""
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                sub = await asyncio.to_thread(
+                    subscriber.get_subscription, subscription=self.subscription, timeout=10
+                )
+            except gexc.NotFound:
+                raise SetupError(
+                    f"subscription {self.subscription} does not exist: create it (see "
+                    "infra/terraform) or set TABULAR_CREATE_RESOURCES=true for development"
+                ) from None
+            except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+                log.warning(
+                    "Pub/Sub unreachable; retrying",
+                    extra={"error": repr(exc), "retry_in_seconds": delay},
+                )
+                try:
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, 30.0)
+                continue
+            policy = sub.dead_letter_policy
+            if policy and policy.dead_letter_topic:
+                self.max_delivery_attempts = policy.max_delivery_attempts or 5
+            else:
+                log.warning(
+                    "Subscription has no dead-letter policy: a job that keeps failing "
+                    "transiently is redelivered forever",
+                    extra={"subscription": self.subscription},
+                )
+            return
+
+    async def _drain(self, consumer: Consumer) -> None:
+        """Finish in-flight jobs within the grace period; nack the rest; flush results."""
+        grace = self.settings.shutdown_grace_seconds
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            log.info("Finishing in-flight jobs", extra={"jobs": len(pending), "grace": grace})
+            _, late = await asyncio.wait(pending, timeout=max(grace - 1.0, 0.1))
+            for task in late:
+                task.cancel()  # its message is nacked and redelivered elsewhere
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+                log.warning("Nacked unfinished jobs", extra={"jobs": len(late)})
+        await consumer.stop_pulling()
+        if self._publisher is not None:
+            await asyncio.to_thread(self._publisher.stop)
+
+    # --- one job --------------------------------------------------------------------------
+
+    async def handle(self, msg: Received) -> bool:
+        """Process one delivery; True means ack."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        m = self.metrics
+        m.in_flight.inc()
+        started = time.perf_counter()
+        m.queue_seconds.observe(max(0.0, time.time() - msg.publish_time))
+        if msg.delivery_attempt and msg.delivery_attempt > 1:
+            m.redeliveries.inc()
+        try:
+            ack, job_type = await self._handle(msg)
+        except asyncio.CancelledError:
+            m.nacks.inc()
+            raise
+        finally:
+            m.in_flight.dec()
+            self._tasks.discard(task)
+        m.acks.inc() if ack else m.nacks.inc()
+        m.job_seconds.labels(job_type).observe(time.perf_counter() - started)
+        return ack
+
+    async def _handle(self, msg: Received) -> tuple[bool, str]:
+        """(ack?, job type label)."""
+        assert self.pipeline is not None
+        cached = self._recent.get(_peek_job_id(msg))
+        if cached is not None:
+            self.metrics.duplicates.inc()
+            return await self._publish(*cached), _type_label(cached[1].get("type"))
+        outcome = await self.pipeline.handle(msg.data)
+        fields = {"job_id": outcome.job_id, "delivery_attempt": msg.delivery_attempt,
+                  "message_id": msg.message_id}  # fmt: skip
+        job_type = _type_label(outcome.type)
+        if outcome.retryable:
+            last = (
+                self.max_delivery_attempts is not None
+                and msg.delivery_attempt is not None
+                and msg.delivery_attempt >= self.max_delivery_attempts
+            )
+            if not last:
+                self.metrics.jobs.labels(job_type, "retry", outcome.code).inc()
+                log.warning("Job failed transiently; nacking for redelivery",
+                            extra={**fields, "code": outcome.code})  # fmt: skip
+                return False, job_type
+            _give_up(outcome, msg.delivery_attempt or 0)
+            self.metrics.dead_lettered.inc()
+            log.error("Job failed on its last attempt; error result published, dead-lettering",
+                      extra={**fields, "code": outcome.code})  # fmt: skip
+        self.metrics.jobs.labels(job_type, outcome.status, outcome.code).inc()
+        data, attrs = outcome.data(), _attributes(outcome, msg)
+        published = await self._publish(data, attrs)
+        if published and outcome.job_id is not None and not outcome.retryable:
+            self._recent.put(outcome.job_id, data, attrs)
+        if outcome.status != "ok":
+            log.info("Job answered with an error", extra={**fields, "code": outcome.code})
+        # A dead-lettered job is nacked after its error result, so the policy forwards it.
+        return published and not outcome.retryable, job_type
+
+    async def _publish(self, data: bytes, attributes: dict[str, str]) -> bool:
+        assert self._publisher is not None
+        started = time.perf_counter()
+        try:
+            await transport.publish(self._publisher, self.results_topic, data, attributes)
+        except Exception as exc:
+            log.error("Publishing a result failed; nacking the job",
+                      extra={"job_id": attributes.get("job_id"), "error": repr(exc)})  # fmt: skip
+            return False
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        return True
+
+
+def _llm(settings: Settings) -> Any:
+    if not settings.llm_enabled:
+        return None
+    from worker.classify import LlmClassifier
+
+    return LlmClassifier(settings.ollama_host, settings.llm_model, settings.llm_timeout_seconds)
+
+
+def _type_label(value: str | None) -> str:
+    return value if value in ("embed", "classify") else "unknown"
+
+
+def _peek_job_id(msg: Received) -> str | None:
+    """The idempotency key, from the attribute `submit` sets or from the JSON body."""
+    if "job_id" in msg.attributes:
+        return msg.attributes["job_id"]
+    try:
+        obj = orjson.loads(msg.data)
+    except orjson.JSONDecodeError:
+        return None
+    job_id = obj.get("job_id") if isinstance(obj, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+def _attributes(outcome: Outcome, msg: Received) -> dict[str, str]:
+    return {
+        "job_id": outcome.job_id or "",
+        "status": outcome.status,
+        "type": outcome.type or "",
+        "source_message_id": msg.message_id,
+    }
+
+
+def _give_up(outcome: Outcome, attempt: int) -> None:
+    error = outcome.result["error"]
+    error["message"] += f" (gave up after {attempt} delivery attempts; the job is dead-lettered)"
+    error["dead_lettered"] = True

@@ -1,0 +1,260 @@
+"""Pub/Sub plumbing: clients, resource names, the thread->asyncio bridge, and result publishing.
+
+The official client runs streaming pull and callbacks on its own threads; everything here keeps
+those threads short (hand the message to the event loop and return) and never blocks the loop
+on a client future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.subscriber.message import Message
+
+from worker import logs
+
+log = logs.get(__name__)
+
+# Pub/Sub's limit is 10 MB per message including attributes; stay well under it.
+MAX_PART_BYTES = 9_000_000
+_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def full_name(kind: str, name: str, project: str) -> str:
+    """`projects/P/{kind}/ID` from a full path or a short ID plus the project."""
+    if name.startswith("projects/"):
+        return name
+    if not project:
+        raise ValueError(f"{name!r} is a short {kind[:-1]} ID: set GOOGLE_CLOUD_PROJECT")
+    return f"projects/{project}/{kind}/{name}"
+
+
+def project_of(path: str) -> str:
+    return path.split("/")[1]
+
+
+def _emulator_host() -> str:
+    return os.environ.get("PUBSUB_EMULATOR_HOST", "")
+
+
+def subscriber_client() -> pubsub_v1.SubscriberClient:
+    """In emulator mode the client's own insecure channel keeps gRPC's 4 MB receive limit,
+    so a pulled batch over 4 MB would fail forever; build the channel ourselves."""
+    host = _emulator_host()
+    if not host:
+        return pubsub_v1.SubscriberClient()
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    channel = grpc.insecure_channel(host, options=_UNLIMITED)
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
+def publisher_client(**kwargs: Any) -> pubsub_v1.PublisherClient:
+    host = _emulator_host()
+    if not host:
+        return pubsub_v1.PublisherClient(**kwargs)
+    import grpc
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    channel = grpc.insecure_channel(host, options=_UNLIMITED)
+    return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# receiving
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the service needs of a job message, detached from the client's thread."""
+
+    data: bytes
+    attributes: dict[str, str]
+    message_id: str
+    publish_time: float  # unix seconds
+    delivery_attempt: int | None  # None unless the subscription has a dead-letter policy
+
+
+Handler = Callable[[Received], Coroutine[Any, Any, bool]]  # True: ack, False: nack
+
+
+class Consumer:
+    """Streaming pull bridged into asyncio; resubscribes when the stream dies."""
+
+    def __init__(
+        self,
+        subscriber: pubsub_v1.SubscriberClient,
+        subscription: str,
+        handler: Handler,
+        flow_control: pubsub_v1.types.FlowControl,
+        on_settled: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._subscriber = subscriber
+        self._subscription = subscription
+        self._handler = handler
+        self._flow = flow_control
+        self._on_settled = on_settled
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: Any = None
+        self._stopping = False
+        self.pending: set[concurrent.futures.Future[bool]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pull until `stop` is set; a failed stream is resubscribed with backoff."""
+        self._loop = asyncio.get_running_loop()
+        delay = 1.0
+        while not stop.is_set():
+            self._future = self._subscriber.subscribe(
+                self._subscription, self._callback, flow_control=self._flow,
+                await_callbacks_on_shutdown=False,
+            )  # fmt: skip
+            log.info("Pulling jobs", extra={"subscription": self._subscription})
+            waiter = asyncio.ensure_future(asyncio.to_thread(self._future.exception))
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                stopper.cancel()
+                break
+            stopper.cancel()
+            error = waiter.result()
+            log.warning(
+                "Streaming pull ended; resubscribing",
+                extra={"error": repr(error), "retry_in_seconds": delay},
+            )
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 30.0)
+        # Keep the stream open so in-flight jobs can still ack; refuse new deliveries.
+        self._stopping = True
+
+    async def stop_pulling(self) -> None:
+        """Stop receiving; messages the client holds but has not dispatched are nacked by it."""
+        self._stopping = True
+        if self._future is not None:
+            self._future.cancel()
+            try:
+                await asyncio.to_thread(self._future.result, 10)
+            except Exception:
+                pass
+
+    def _callback(self, message: Message) -> None:
+        """Runs on the client's callback thread: hand over and return at once."""
+        assert self._loop is not None
+        if self._stopping:
+            message.nack()
+            return
+        received = Received(
+            data=message.data,
+            attributes=dict(message.attributes),
+            message_id=message.message_id,
+            publish_time=message.publish_time.timestamp(),
+            delivery_attempt=message.delivery_attempt,
+        )
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._handler(received), self._loop)
+        except RuntimeError:  # the loop is closed: shutting down
+            message.nack()
+            return
+        self.pending.add(fut)
+        fut.add_done_callback(lambda f: self._settle(message, f))
+
+    def _settle(self, message: Message, fut: concurrent.futures.Future[bool]) -> None:
+        self.pending.discard(fut)
+        ok = not fut.cancelled() and fut.exception() is None and fut.result()
+        if ok:
+            message.ack()
+        else:
+            message.nack()
+        if self._on_settled is not None:
+            self._on_settled(bool(ok))
+
+
+# ---------------------------------------------------------------------------------------------
+# publishing
+
+
+def split(data: bytes, limit: int = MAX_PART_BYTES) -> list[bytes]:
+    """A result over Pub/Sub's message limit travels as byte ranges, reassembled in order."""
+    return [data[i : i + limit] for i in range(0, len(data), limit)] or [b""]
+
+
+async def publish(
+    publisher: pubsub_v1.PublisherClient, topic: str, data: bytes, attributes: dict[str, str]
+) -> None:
+    """Publish (in parts when needed) and wait until Pub/Sub has every part."""
+    parts = split(data)
+    futures = []
+    for index, part in enumerate(parts, 1):
+        attrs = dict(attributes)
+        if len(parts) > 1:
+            attrs.update(part=str(index), parts=str(len(parts)))
+        futures.append(asyncio.wrap_future(publisher.publish(topic, part, **attrs)))
+    await asyncio.gather(*futures)
+
+
+class Reassembler:
+    """Joins multi-part results back together (`part`/`parts` attributes), keyed by job_id."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, dict[int, bytes]] = {}
+
+    def add(self, data: bytes, attributes: dict[str, str]) -> bytes | None:
+        """The complete result once every part has arrived, else None."""
+        parts = int(attributes.get("parts", "1"))
+        if parts <= 1:
+            return data
+        key = attributes.get("job_id", "")
+        got = self._parts.setdefault(key, {})
+        got[int(attributes["part"])] = data
+        if len(got) < parts:
+            return None
+        del self._parts[key]
+        return b"".join(got[i] for i in range(1, parts + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# resources
+
+
+def ensure_resources(
+    publisher: pubsub_v1.PublisherClient,
+    subscriber: pubsub_v1.SubscriberClient,
+    *,
+    jobs_topic: str,
+    subscription: str,
+    results_topic: str,
+    dead_letter_topic: str,
+    max_delivery_attempts: int,
+) -> None:
+    """Development switch: create what is missing (production uses Terraform)."""
+    for topic in (jobs_topic, results_topic, dead_letter_topic):
+        try:
+            publisher.create_topic(name=topic)
+            log.info("Created topic", extra={"topic": topic})
+        except gexc.AlreadyExists:
+            pass
+    try:
+        subscriber.create_subscription(
+            request={
+                "name": subscription,
+                "topic": jobs_topic,
+                "ack_deadline_seconds": 60,
+                "dead_letter_policy": {
+                    "dead_letter_topic": dead_letter_topic,
+                    "max_delivery_attempts": max_delivery_attempts,
+                },
+            }
+        )
+        log.info("Created subscription", extra={"subscription": subscription})
+    except gexc.AlreadyExists:
+        pass
