@@ -1,16 +1,20 @@
-"""Shared fixtures: the real packaged model (loaded once), settings and pipelines."""
+"""Shared fixtures: the real packaged model (loaded once), settings, pipelines, and real
+Prometheus/Pushgateway servers (see tests/prometheus_server.py)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.prometheus_server import MetricsEndpoint, PrometheusServer, Pushgateway
 from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir
 from worker.pipeline import Pipeline
 from worker.settings import Settings
@@ -48,3 +52,43 @@ async def make_pipeline(
     yield factory
     for pipeline in made:
         await pipeline.close()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
+    """`prometheus_factory(targets, **kwargs)` starts a real Prometheus (stopped at teardown).
+
+    Keyword arguments are PrometheusServer's: jobs, rule_files, scrape_interval, ...
+    """
+    servers: list[PrometheusServer] = []
+
+    def start(targets: list[str] | tuple[str, ...] = (), **kwargs: Any) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / f"prometheus-{len(servers)}", targets, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[Pushgateway]:
+    """A real Pushgateway on a free loopback port."""
+    with Pushgateway(tmp_path / "pushgateway") as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def metrics_endpoint_factory() -> Iterator[Callable[[CollectorRegistry], MetricsEndpoint]]:
+    """`metrics_endpoint_factory(registry)` serves a registry on /metrics (a fake worker)."""
+    endpoints: list[MetricsEndpoint] = []
+
+    def start(registry: CollectorRegistry) -> MetricsEndpoint:
+        endpoint = MetricsEndpoint(registry)
+        endpoints.append(endpoint)
+        return endpoint
+
+    yield start
+    for endpoint in endpoints:
+        endpoint.stop()
