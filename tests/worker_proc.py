@@ -38,7 +38,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: float = 120.0) -> WorkerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "serve"], env=self.env, cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=log,
