@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-pytest_plugins = ["tests.pubsub_fixture"]
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -20,6 +18,8 @@ from tests.prometheus_server import MetricsEndpoint, PrometheusServer, Pushgatew
 from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir
 from worker.pipeline import Pipeline
 from worker.settings import Settings
+
+pytest_plugins = ["tests.pubsub_fixture"]
 
 
 @pytest.fixture(scope="session")

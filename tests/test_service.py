@@ -53,16 +53,30 @@ def mixed_jobs(n: int) -> list[dict[str, Any]]:
         if kind in (0, 1):
             jobs.append(embed_job(f"mix-{i}", rows))
         elif kind == 2:
-            jobs.append({"job_id": f"mix-{i}", "type": "classify", "labels": ["fashion", "finance",
-                         "weather"], "table": {"columns": ["text"], "rows": [[r] for r in rows]}})
+            jobs.append(
+                {
+                    "job_id": f"mix-{i}",
+                    "type": "classify",
+                    "labels": ["fashion", "finance", "weather"],
+                    "table": {"columns": ["text"], "rows": [[r] for r in rows]},
+                }
+            )
         elif kind == 3:
-            jobs.append({"job_id": f"mix-{i}", "type": "classify",
-                         "examples": [{"row": ["shoes and a dress"], "label": "fashion"},
-                                      {"row": ["bank taxes money"], "label": "finance"}],
-                         "table": {"columns": ["text"], "rows": [[r] for r in rows]}})
+            jobs.append(
+                {
+                    "job_id": f"mix-{i}",
+                    "type": "classify",
+                    "examples": [
+                        {"row": ["shoes and a dress"], "label": "fashion"},
+                        {"row": ["bank taxes money"], "label": "finance"},
+                    ],
+                    "table": {"columns": ["text"], "rows": [[r] for r in rows]},
+                }
+            )
         else:
-            jobs.append({"job_id": f"mix-{i}", "type": "embed", "table": {"columns": ["a"],
-                         "rows": []}})
+            jobs.append(
+                {"job_id": f"mix-{i}", "type": "embed", "table": {"columns": ["a"], "rows": []}}
+            )
     return jobs  # fmt: skip
 
 
@@ -187,10 +201,13 @@ def test_duplicate_deliveries_agree(pubsub: PubSubEnv, start_worker: StartWorker
                         "table": {"columns": ["t"], "rows": [["a kitten purrs"]]},
                         "output": {"embeddings": "base64"}})  # fmt: skip
     pubsub.publish_job(job)
-    pubsub.publish_job(job)
+    pubsub.publish_job(job)  # both in flight at once: computed twice, must agree
     results = [orjson.loads(m.message.data) for m in pubsub.pull_results(2, timeout=120)]
-    assert len(results) == 2
+    pubsub.publish_job(job)  # after the result: answered from the recent-results memory
+    results += [orjson.loads(m.message.data) for m in pubsub.pull_results(1, timeout=120)]
+    assert len(results) == 3
     assert_agree(results[0], results[1])
+    assert_agree(results[0], results[2])
     assert results[0]["predictions"][0]["label"] == "cats"
     assert "tabular_duplicate_jobs_total 1.0" in worker.get("/metrics")[1].decode()
 
@@ -216,9 +233,7 @@ def test_create_resources_switch(pubsub: PubSubEnv, start_worker: StartWorker) -
         fresh.close()
 
 
-def test_emulator_paused_then_resumed(
-    pubsub_private: PubSubEnv, start_worker: StartWorker
-) -> None:
+def test_emulator_paused_then_resumed(pubsub_private: PubSubEnv, start_worker: StartWorker) -> None:
     env = pubsub_private
     start_worker(env)
     jobs = [embed_job(f"p-{i}", [f"row {i}"]) for i in range(200)]

@@ -1,0 +1,145 @@
+"""Throughput and latency of the whole Pub/Sub path against raw `encode`, in one run.
+
+    python bench/pubsub.py [--rows 2048]
+
+With the Pub/Sub server (official emulator, or the test stand-in) running during both
+measurements: rows/s of raw `SentenceTransformer.encode` (batch 32) and of publish -> worker
+process -> results received, for 64-row jobs and 1-row jobs; then p50/p99 job latency with 1-row
+jobs published at about half of the measured saturation rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tests.pubsub_fixture import PubSubEnv, PubSubServer, make_subscriber
+from tests.worker_proc import WorkerProcess
+from worker.jobs import row_text
+from worker.model import packaged_model_dir
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+
+
+def make_rows(n: int) -> list[str]:
+    rng = np.random.default_rng(7)
+    return [" ".join(rng.choice(WORDS, 14)) + f" #{i}" for i in range(n)]
+
+
+def raw_rows_per_second(texts: list[str]) -> float:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(packaged_model_dir()), device="cpu")
+    model.encode(texts[:64], batch_size=32)
+    started = time.perf_counter()
+    model.encode(texts, batch_size=32)
+    return len(texts) / (time.perf_counter() - started)
+
+
+class ResultClock:
+    """Streaming-pull the results topic and note when each job_id arrived."""
+
+    def __init__(self, env: PubSubEnv) -> None:
+        self.arrived: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._sub = make_subscriber(env.host)
+        self._future = self._sub.subscribe(env.results_subscription, self._on)
+
+    def _on(self, message: Any) -> None:
+        with self._lock:
+            self.arrived[message.attributes["job_id"]] = time.perf_counter()
+        message.ack()
+
+    def wait(self, ids: list[str], timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(i in self.arrived for i in ids):
+                    return
+            time.sleep(0.02)
+        raise TimeoutError(f"{sum(i not in self.arrived for i in ids)} results missing")
+
+    def close(self) -> None:
+        self._future.cancel()
+
+
+def path_rows_per_second(env: PubSubEnv, clock: ResultClock, texts: list[str], per_job: int,
+                         tag: str) -> float:  # fmt: skip
+    publisher = env.publisher()
+    jobs: list[dict[str, Any]] = [
+        {"job_id": f"{tag}-{n}", "type": "embed",
+         "table": {"columns": ["text"], "rows": [[t] for t in texts[i : i + per_job]]}}
+        for n, i in enumerate(range(0, len(texts), per_job))
+    ]  # fmt: skip
+    started = time.perf_counter()
+    futures = [publisher.publish(env.jobs_topic, orjson.dumps(j), job_id=j["job_id"]) for j in jobs]
+    for f in futures:
+        f.result(60)
+    clock.wait([j["job_id"] for j in jobs])
+    return len(texts) / (time.perf_counter() - started)
+
+
+def latency(env: PubSubEnv, clock: ResultClock, rate: float, seconds: float) -> list[float]:
+    publisher = env.publisher()
+    sent: dict[str, float] = {}
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    n = 0
+    while time.perf_counter() - started < seconds:
+        job_id = f"lat-{n}"
+        job = {
+            "job_id": job_id,
+            "type": "embed",
+            "table": {"columns": ["text"], "rows": [[f"latency probe {n} " + WORDS[n % 13]]]},
+        }
+        sent[job_id] = time.perf_counter()
+        publisher.publish(env.jobs_topic, orjson.dumps(job), job_id=job_id)
+        n += 1
+        time.sleep(max(0.0, started + n * interval - time.perf_counter()))  # fmt: skip
+    clock.wait(list(sent))
+    return [clock.arrived[j] - t for j, t in sent.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    texts = [row_text(["text"], [t]) for t in make_rows(args.rows)]
+    with tempfile.TemporaryDirectory() as tmp, PubSubServer() as server:
+        env = PubSubEnv(server).create()
+        worker = WorkerProcess(env.env(), Path(tmp) / "worker.log").start(180)
+        clock = ResultClock(env)
+        path_rows_per_second(env, clock, texts[:256], 8, "warm")
+        raw = raw_rows_per_second(texts)
+        big = path_rows_per_second(env, clock, texts, 64, "r64")
+        one = path_rows_per_second(env, clock, texts, 1, "r1")
+        lat = sorted(latency(env, clock, rate=one / 2, seconds=args.latency_seconds))
+        clock.close()
+        worker.stop()
+        env.close()
+    p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    print(f"pubsub server: {server.kind}; rows: {args.rows}; cores: {os.cpu_count()}")
+    print(f"{'measurement':44} {'rows/s':>9} {'ratio':>7}")
+    print(f"{'raw encode, batch 32':44} {raw:9.1f} {1.0:7.2f}")
+    print(f"{'Pub/Sub path, 64-row jobs':44} {big:9.1f} {big / raw:7.2f}  (target >= 0.90)")
+    print(f"{'Pub/Sub path, 1-row jobs':44} {one:9.1f} {one / raw:7.2f}  (target >= 0.75)")
+    print(f"latency at {one / 2:.0f} jobs/s (half of 1-row saturation), {len(lat)} jobs: "
+          f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, p99/p50 {p99 / p50:.2f} "
+          "(target <= 3)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
