@@ -148,6 +148,21 @@ def test_env_var_selects_the_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pubsub_fixture.default_kind() == expected
 
 
+def test_machine_without_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian 13 images: no emulator, so the stand-in runs and the emulator variants skip."""
+    monkeypatch.setattr(pubsub_fixture, "find_emulator", lambda: None)
+    monkeypatch.delenv(pubsub_fixture.ENV_CHOICE, raising=False)
+    assert pubsub_fixture.default_kind() == "standin"
+    assert "not installed" in (pubsub_fixture.kind_unavailable("emulator") or "")
+    pool = pubsub_fixture.PubSubServerPool()
+    with pytest.raises(pytest.skip.Exception):
+        pool.get("emulator")
+    monkeypatch.setenv(pubsub_fixture.ENV_CHOICE, "emulator")
+    with pytest.raises(RuntimeError, match="not installed"):
+        pool.get("emulator")
+    assert "NOT INSTALLED" in pubsub_fixture.pytest_report_header(None)  # type: ignore[arg-type]
+
+
 def test_standin_runs_as_a_script_and_stops_on_sigterm() -> None:
     server = PubSubServer("standin").start()
     try:
