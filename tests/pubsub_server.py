@@ -35,7 +35,8 @@ tests in tests/test_pubsub_contract.py pin down the common ground:
 
 - The emulator ignores StreamingPull flow control (it streams every available message); the
   stand-in honours it, like Pub/Sub.
-- On streaming pull the emulator redelivers expired or stream-nacked messages on a ~5 s sweep;
+- On streaming pull the emulator seems to redeliver expired or stream-nacked messages on a ~5 s
+  sweep (a nack sent on the stream at 3.5 s came back at 5.0 s);
   the stand-in redelivers nacks at once and expired leases within ~50 ms.
 - The emulator accepts messages over 10 MB (10.5 MB went through) and ModifyAckDeadline above
   600 s; the stand-in rejects both with INVALID_ARGUMENT, like Pub/Sub.
