@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import os
 import shutil
@@ -98,6 +99,7 @@ def close_clients(clients: list[Any]) -> None:
                 client.close()
 
 
+@functools.cache
 def find_emulator() -> list[str] | None:
     """The command that starts the official emulator's launcher, or None when not installed."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -220,7 +222,7 @@ class PubSubServer:
             env=env,
         )
         self._wait_ready(timeout)
-        _STARTED.setdefault(self.kind, " ".join(self.command()[:2]))
+        _STARTED.setdefault(self.kind, self.command()[0 if self.kind == "emulator" else 1])
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -311,8 +313,9 @@ class PubSubServer:
         return self._proc is not None and self._proc.poll() is None
 
     def ensure_running(self) -> None:
-        """Restart the server if it died (or a test killed it), reporting an unexpected death."""
+        """Resume a paused server; restart one that died (reporting an unexpected death)."""
         if self.running:
+            self.resume()
             return
         proc = self._proc
         if proc is not None:  # not stopped through stop()/kill(): it died

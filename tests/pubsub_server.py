@@ -29,6 +29,23 @@ the two differ only in timing):
   publish order, one outstanding at a time.
 - NOT_FOUND for missing topics/subscriptions, ALREADY_EXISTS for duplicates, INVALID_ARGUMENT for
   bad names (ids need 3..255 characters) and out-of-range deadlines.
+
+Differences from the official emulator (0.8.20) seen on this project's machines; the contract
+tests in tests/test_pubsub_contract.py pin down the common ground:
+
+- The emulator ignores StreamingPull flow control (it streams every available message); the
+  stand-in honours it, like Pub/Sub.
+- On streaming pull the emulator seems to redeliver expired or stream-nacked messages on a ~5 s
+  sweep (a nack sent on the stream at 3.5 s came back at 5.0 s);
+  the stand-in redelivers nacks at once and expired leases within ~50 ms.
+- The emulator accepts messages over 10 MB (10.5 MB went through) and ModifyAckDeadline above
+  600 s; the stand-in rejects both with INVALID_ARGUMENT, like Pub/Sub.
+- With exactly-once delivery the emulator still accepts an ack whose deadline has expired (before
+  redelivery); the stand-in fails it with PERMANENT_FAILURE_INVALID_ACK_ID, like Pub/Sub.
+  Also seen on the emulator: after a streaming pull on an exactly-once subscription, a message
+  nacked and then acked with its (failing) stale ack id was not redelivered for 27 s+.
+- With message ordering the stand-in keeps at most one message per ordering key outstanding (the
+  emulator may deliver several in order).
 """
 
 from __future__ import annotations
@@ -336,12 +353,12 @@ class PubSubState:
         skipped: list[Pending] = []
         while sub.queue and len(out) < max_messages:
             pending = sub.queue[0]
+            if out and out_bytes + pending.size > MAX_RESPONSE_BYTES:
+                break
             if stream is not None and (out or stream.outstanding):
                 if stream.max_messages and len(stream.outstanding) >= stream.max_messages:
                     break
                 if stream.max_bytes and stream.outstanding_bytes + pending.size > stream.max_bytes:
-                    break
-                if out and out_bytes + pending.size > MAX_RESPONSE_BYTES:
                     break
             sub.queue.popleft()
             key = pending.message.ordering_key

@@ -17,9 +17,16 @@ from collections.abc import Iterator
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.subscriber.exceptions import AcknowledgeStatus
 from google.cloud.pubsub_v1.subscriber.message import Message
 
-from tests.pubsub_fixture import KINDS, PubSubEnv, PubSubServerPool, StreamCollector
+from tests.pubsub_fixture import (
+    KINDS,
+    PubSubEnv,
+    PubSubServerPool,
+    StreamCollector,
+    unique_name,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -272,3 +279,61 @@ def test_default_channel_limit_is_4mb(ps: PubSubEnv) -> None:
             plain.pull(subscription=ps.results_subscription, max_messages=1, timeout=15)
     finally:
         plain.close()
+
+
+def test_exactly_once_ack_with_response(ps: PubSubEnv) -> None:
+    server = ps.server
+    admin = server.admin_subscriber
+    sub = server.create_subscription(unique_name("eod"), ps.results_topic, enable_exactly_once=True)
+    try:
+        # A nacked delivery's ack id is dead: acking it fails with PERMANENT_FAILURE_INVALID_ACK_ID.
+        # (Checked before any streaming pull: after one, the emulator loses such a message.)
+        server.publish(ps.results_topic, b"eod-nacked")
+        (first,) = server.pull_all(sub, expected=1, timeout=15, ack=False)
+        admin.modify_ack_deadline(subscription=sub, ack_ids=[first.ack_id], ack_deadline_seconds=0)
+        with pytest.raises(gexc.InvalidArgument) as err:
+            admin.acknowledge(subscription=sub, ack_ids=[first.ack_id])
+        assert "PERMANENT_FAILURE_INVALID_ACK_ID" in str(err.value)
+        (second,) = server.pull_all(sub, expected=1, timeout=15)
+        assert second.message.message_id == first.message.message_id
+
+        ids = {server.publish(ps.results_topic, f"eod-{i}".encode()) for i in range(3)}
+        statuses: list[AcknowledgeStatus] = []
+
+        def decide(msg: Message, n: int) -> str:
+            statuses.append(msg.ack_with_response().result(timeout=30))
+            return "ignore"
+
+        with StreamCollector(ps.subscriber(), sub, decide) as collector:
+            assert collector.wait_until(lambda c: len(statuses) >= 3, timeout=30)
+            time.sleep(1.0)
+        assert {m.message_id for m in collector.deliveries} == ids
+        assert collector.duplicates() == {}
+        assert statuses == [AcknowledgeStatus.SUCCESS] * 3
+    finally:
+        server.delete_subscription(sub)
+
+
+def test_ordering_keys(ps: PubSubEnv) -> None:
+    server = ps.server
+    sub = server.create_subscription(
+        unique_name("ord"), ps.results_topic, enable_message_ordering=True
+    )
+    try:
+        publisher = ps.publisher(
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+        )
+        futures = [
+            publisher.publish(ps.results_topic, b"x", ordering_key=f"k{i % 3}", seq=str(i))
+            for i in range(60)
+        ]
+        for f in futures:
+            f.result(timeout=30)
+        with StreamCollector(ps.subscriber(), sub) as collector:
+            assert collector.wait_for(60, timeout=30)
+            time.sleep(0.5)
+        for key in ("k0", "k1", "k2"):
+            seqs = [int(m.attributes["seq"]) for m in collector.deliveries if m.ordering_key == key]
+            assert seqs == sorted(seqs) and len(seqs) == 20, (key, seqs)
+    finally:
+        server.delete_subscription(sub)
