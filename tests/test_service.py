@@ -29,7 +29,8 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
 
     def start(env: PubSubEnv, wait_ready: float = 180.0, **extra: str) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        worker = WorkerProcess({**env.env(), **extra}, log)
+        fast = {"TABULAR_LEASE_EXTENSION_SECONDS": "10"}  # a killed worker's jobs return soon
+        worker = WorkerProcess({**env.env(), **fast, **extra}, log)
         started.append(worker)
         return worker.start(wait_ready)
 
@@ -90,6 +91,18 @@ def results_by_id(messages: list[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def collect(
+    env: PubSubEnv, job_ids: set[str], timeout: float, seen: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Pull results until every job_id in `job_ids` is answered (duplicates allowed)."""
+    seen = {} if seen is None else seen
+    deadline = time.monotonic() + timeout
+    while not job_ids <= set(seen) and time.monotonic() < deadline:
+        left = len(job_ids - set(seen))
+        seen.update(results_by_id(env.pull_results(left, timeout=min(10.0, timeout))))
+    return seen
+
+
 def assert_agree(got: dict[str, Any], want: dict[str, Any]) -> None:
     """Same status, code, labels; embeddings equal within cosine 0.9999."""
     assert got["status"] == want["status"], (got, want)
@@ -114,7 +127,7 @@ async def test_mixed_jobs_agree_with_local_run(
     futures = [publisher.publish(pubsub.jobs_topic, orjson.dumps(j)) for j in jobs]
     for f in futures:
         f.result(60)
-    got = results_by_id(pubsub.pull_results(len(jobs), timeout=240))
+    got = collect(pubsub, {j["job_id"] for j in jobs}, timeout=240)
     assert sorted(got) == sorted(j["job_id"] for j in jobs)
     pipeline = make_pipeline()
     for job in jobs:
@@ -138,7 +151,7 @@ def test_sigkill_halfway_loses_nothing(pubsub: PubSubEnv, start_worker: StartWor
     first.proc.kill()  # type: ignore[union-attr]
     first.wait(10)
     start_worker(pubsub)
-    seen.update(results_by_id(pubsub.pull_results(2000 - len(seen), timeout=300)))
+    collect(pubsub, {j["job_id"] for j in jobs}, timeout=300, seen=seen)
     missing = {j["job_id"] for j in jobs} - set(seen)
     assert not missing, f"{len(missing)} jobs never answered"
 
@@ -157,7 +170,7 @@ def test_sigterm_drains_and_exits_zero(pubsub: PubSubEnv, start_worker: StartWor
     messages = [e["message"] for e in worker.logs()]
     assert "Shutting down" in messages
     start_worker(pubsub)
-    seen.update(results_by_id(pubsub.pull_results(300 - len(seen), timeout=300)))
+    collect(pubsub, {j["job_id"] for j in jobs}, timeout=300, seen=seen)
     assert {j["job_id"] for j in jobs} <= set(seen)
 
 
@@ -246,7 +259,7 @@ def test_emulator_paused_then_resumed(pubsub_private: PubSubEnv, start_worker: S
     env.server.resume()
     for f in [publisher.publish(env.jobs_topic, orjson.dumps(j)) for j in jobs[100:]]:
         f.result(60)
-    seen.update(results_by_id(env.pull_results(200 - len(seen), timeout=240)))
+    collect(env, {j["job_id"] for j in jobs}, timeout=240, seen=seen)
     assert {j["job_id"] for j in jobs} <= set(seen)
 
 

@@ -39,11 +39,14 @@ RETRYABLE_CODES = frozenset({"llm_unavailable", "llm_timeout", "model_unavailabl
 class JobError(Exception):
     """A job that cannot be answered with a result; `code` is part of the contract."""
 
-    def __init__(self, code: str, message: str, job_id: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, job_id: str | None = None, job_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.job_id = job_id
+        self.job_type = job_type
 
     @property
     def retryable(self) -> bool:
@@ -118,6 +121,7 @@ def decode(data: bytes, limits: Limits) -> Job:
         return _build(obj, limits)
     except JobError as exc:
         exc.job_id = known_id
+        exc.job_type = obj.get("type") if obj.get("type") in JOB_TYPES else None
         raise
 
 

@@ -82,8 +82,8 @@ class Pipeline:
             body["timings"] = _timings(started, decoded)
             outcome = Outcome(body, job.job_id, job.type, rows=len(job.rows))
         except JobError as exc:
-            job_id = job.job_id if job is not None else exc.job_id
-            outcome = _error(job_id, job.type if job else None, exc.code, exc.message, started)
+            job_id, job_type = (job.job_id, job.type) if job else (exc.job_id, exc.job_type)
+            outcome = _error(job_id, job_type, exc.code, exc.message, started)
         except ModelError as exc:
             job_id, job_type = (job.job_id, job.type) if job else (None, None)
             outcome = _error(job_id, job_type, "model_unavailable", str(exc), started)

@@ -70,6 +70,7 @@ class Service:
         self._recent = RecentResults(settings.result_cache_size)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publisher: pubsub_v1.PublisherClient | None = None
+        self._deadline = 0.0  # set by SIGTERM: when the grace period ends
         self._state: dict[str, Any] = {"model": {"state": "loading"}, "pubsub": {"state": "init"}}
 
     # --- readiness ----------------------------------------------------------------------------
@@ -99,6 +100,7 @@ class Service:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("Shutting down", extra={"signal": sig.name})
+        self._deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         self.stop.set()
 
     async def _serve(self) -> int:
@@ -130,7 +132,9 @@ class Service:
         self.metrics.ready.set(1)
         log.info("Worker ready", extra={"subscription": self.subscription})
         flow = pubsub_v1.types.FlowControl(
-            max_messages=s.max_in_flight_jobs, max_bytes=s.max_in_flight_bytes
+            max_messages=s.max_in_flight_jobs,
+            max_bytes=s.max_in_flight_bytes,
+            max_duration_per_lease_extension=s.lease_extension_seconds,
         )
         consumer = Consumer(subscriber, self.subscription, self.handle, flow)
         self._state["pubsub"] = {"state": "pulling", "subscription": self.subscription}
@@ -176,19 +180,25 @@ class Service:
 
     async def _drain(self, consumer: Consumer) -> None:
         """Finish in-flight jobs within the grace period; nack the rest; flush results."""
-        grace = self.settings.shutdown_grace_seconds
+        deadline = self._deadline or time.monotonic() + self.settings.shutdown_grace_seconds
         pending = {t for t in self._tasks if not t.done()}
         if pending:
-            log.info("Finishing in-flight jobs", extra={"jobs": len(pending), "grace": grace})
-            _, late = await asyncio.wait(pending, timeout=max(grace - 1.0, 0.1))
+            # Keep ~2 s of the grace period for nacks, closing the stream and flushing.
+            budget = max(deadline - time.monotonic() - 2.0, 0.1)
+            log.info("Finishing in-flight jobs", extra={"jobs": len(pending), "seconds": budget})
+            _, late = await asyncio.wait(pending, timeout=budget)
             for task in late:
                 task.cancel()  # its message is nacked and redelivered elsewhere
             if late:
-                await asyncio.wait(late, timeout=1.0)
+                await asyncio.wait(late, timeout=0.5)
                 log.warning("Nacked unfinished jobs", extra={"jobs": len(late)})
-        await consumer.stop_pulling()
+        left = max(deadline - time.monotonic(), 0.5)
+        await consumer.stop_pulling(timeout=left)
         if self._publisher is not None:
             await asyncio.to_thread(self._publisher.stop)
+        log.info(
+            "Stopped", extra={"overran_seconds": round(max(0, time.monotonic() - deadline), 3)}
+        )
 
     # --- one job --------------------------------------------------------------------------
 

@@ -119,6 +119,11 @@ class Settings:
     max_in_flight_bytes: int = _env(
         "TABULAR_MAX_IN_FLIGHT_BYTES", 100_000_000, "Flow control: bytes of leased messages."
     )
+    lease_extension_seconds: int = _env(
+        "TABULAR_LEASE_EXTENSION_SECONDS",
+        60,
+        "Longest single lease extension: bounds how long a crashed worker's jobs stay hidden.",
+    )
     shutdown_grace_seconds: float = _env(
         "TABULAR_SHUTDOWN_GRACE_SECONDS", 8.0, "SIGTERM: time to finish in-flight jobs."
     )
