@@ -14,10 +14,12 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from tests.ollama_double import QuietServer
 
 LFS_THRESHOLD = 1 << 20
 
@@ -41,7 +43,7 @@ class HubDouble:
         self.stall_file: str | None = None
         self.stalled = threading.Event()  # set when a stalled download is waiting
         self.release = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
