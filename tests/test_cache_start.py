@@ -38,7 +38,7 @@ from tests.cache_helpers import (
 from tests.hub_double import HubDouble
 from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel
-from worker.modelstore import ModelStoreError, load_embedding_model
+from worker.modelstore import ModelStoreError, cache_snapshot, load_embedding_model
 from worker.pipeline import Pipeline
 from worker.settings import Settings
 
@@ -107,6 +107,9 @@ async def test_hit_serves_verified_model_from_cache(
         assert loaded_from == cache / entry.location
     assert_correct_embeddings(await serve_one(settings, model), embedding_model)
     assert files_under(cache) == before
+    snapshot = cache_snapshot(settings, model)
+    assert (snapshot["start_reason"], snapshot["model_source"]) == ("hit", "cache")
+    assert (snapshot["committed_generation"], snapshot["reload_pending"]) == (1, False)
 
 
 def test_hit_through_the_cli(tmp_path: Path, embedding_model: EmbeddingModel) -> None:

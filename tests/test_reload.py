@@ -15,7 +15,7 @@ from tests.cache_helpers import PACKAGED, TEXTS, build, copy_model
 from worker.jobs import row_text
 from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel
-from worker.modelstore import CacheReloader, load_embedding_model
+from worker.modelstore import CacheReloader, cache_snapshot, load_embedding_model
 from worker.pipeline import Pipeline, decode_vectors
 from worker.settings import Settings
 
@@ -114,6 +114,10 @@ async def test_failed_reload_keeps_serving_the_current_model(
         assert await reloader.check_once(pipeline) is False
         assert await reloader.check_once(pipeline) is False  # not retried for the same generation
         assert pipeline.model.info.generation == 1
+        snapshot = cache_snapshot(settings, pipeline.model)
+        assert (snapshot["start_cache_hit"], snapshot["start_reason"]) == (True, "hit")
+        assert (snapshot["loaded_generation"], snapshot["committed_generation"]) == (1, 2)
+        assert snapshot["reload_pending"] is True
         result = (await pipeline.handle(job(1))).result
     finally:
         await pipeline.close()

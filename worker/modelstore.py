@@ -19,10 +19,11 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sync.cache_copy import (
     ChecksumMismatch,
@@ -55,11 +56,16 @@ class CacheLookup:
     detail: str = ""
 
 
+_last_lookup: CacheLookup | None = None  # this process's start, for cache_snapshot()
+
+
 async def load_embedding_model(
     settings: Settings, metrics: WorkerMetrics | None = None
 ) -> EmbeddingModel:
     """Load in a worker thread so the event loop (health checks) keeps answering meanwhile."""
+    global _last_lookup
     model, lookup = await asyncio.to_thread(_load, settings)
+    _last_lookup = lookup
     log.info(
         "Model cache checked",
         extra={"cache_hit": lookup.cache_hit, "reason": lookup.reason,
@@ -73,6 +79,22 @@ async def load_embedding_model(
     return model
 
 
+def cache_snapshot(settings: Settings, model: EmbeddingModel) -> dict[str, Any]:
+    """Cache state for /readyz: what this start found, what is loaded, what is committed now."""
+    root = Path(settings.model_cache_path)
+    committed = current_generation(settings)
+    lookup = _last_lookup
+    return {
+        "enabled": settings.shared_model_volume_enabled, "path": str(root),
+        "mounted": settings.shared_model_volume_enabled and os.path.ismount(root),
+        "start_cache_hit": lookup.cache_hit if lookup else None,
+        "start_reason": lookup.reason if lookup else None,
+        "model_source": model.info.source, "loaded_generation": model.info.generation,
+        "committed_generation": committed,
+        "reload_pending": committed is not None and committed > model.info.generation,
+    }  # fmt: skip
+
+
 def current_generation(settings: Settings) -> int | None:
     """The committed cache generation (one small read of `.done`), None without a valid marker."""
     if not settings.shared_model_volume_enabled:
@@ -82,12 +104,23 @@ def current_generation(settings: Settings) -> int | None:
 
 
 def _load(settings: Settings) -> tuple[EmbeddingModel, CacheLookup]:
+    threading.Thread(target=_preimport, name="preimport", daemon=True).start()
     lookup, model = try_cache(settings)
     if model is None:
         log.warning("Model cache miss: loading from local storage",
                     extra={"reason": lookup.reason, "detail": lookup.detail})  # fmt: skip
         model = load_local(settings)
     return model, lookup
+
+
+def _preimport() -> None:
+    """Import sentence-transformers (seconds, mostly CPU) while the cache is checked and copied
+    (I/O and hashing, which release the GIL): a cache hit then starts about as fast as a bare
+    process that only imports and loads."""
+    try:
+        import sentence_transformers  # noqa: F401
+    except Exception:
+        pass  # the load itself reports import problems
 
 
 def try_cache(settings: Settings) -> tuple[CacheLookup, EmbeddingModel | None]:
