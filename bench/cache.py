@@ -126,7 +126,9 @@ def bench_start(cache: Path, work: Path, repeat: int) -> dict[str, float]:
         bare.append(time_to_ready(BARE, [str(packaged_model_dir())], env))
         hit.append(time_to_ready(WORKER, [], env))
     b, h = statistics.median(bare), statistics.median(hit)
-    return {"bare_s": b, "cache_hit_s": h, "ratio": h / b}
+    # Best-of is less sensitive to other load on the machine than the median.
+    return {"bare_s": b, "cache_hit_s": h, "ratio": h / b, "best_bare_s": min(bare),
+            "best_cache_hit_s": min(hit), "best_ratio": min(hit) / min(bare)}  # fmt: skip
 
 
 def bench_load(cache: Path, work: Path, repeat: int) -> dict[str, float]:
@@ -160,9 +162,12 @@ def main() -> int:
         results["checksum"] = bench_checksums(cache, args.repeat)
         results["load"] = bench_load(cache, work, args.repeat)
         results["start"] = bench_start(cache, work, args.repeat)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(json.dumps({k: {n: round(v, 4) for n, v in r.items()} for k, r in results.items()},
                      indent=2))  # fmt: skip
-    print(f"cache-hit start / bare start : {results['start']['ratio']:.3f} (target <= 1.10)")
+    start = results["start"]
+    print(f"cache-hit start / bare start : {start['ratio']:.3f} median, "
+          f"{start['best_ratio']:.3f} best-of (target <= 1.10)")  # fmt: skip
     print(f"unchanged sync / full sync   : {results['sync']['ratio']:.3f} (target <= 0.05)")
     print(f"verify / sha256sum throughput: {results['checksum']['ratio']:.2f} (target >= 0.8)")
     print(f"copy / mount load time       : {results['load']['copy_over_mount']:.2f}")
