@@ -40,7 +40,7 @@ from sync.manifest import (
     sha256_bytes,
     tree_digest,
 )
-from sync.sources import FetchContext, Fetched, SourceError, StagedFile, parse_source
+from sync.sources import FetchContext, Fetched, SourceError, StagedFile, parse_source, store_dir
 from worker import logs
 from worker.settings import Settings
 
@@ -137,7 +137,8 @@ def sync_once(
                                     "models": [s.name for s in specs]})  # fmt: skip
     try:
         root.mkdir(parents=True, exist_ok=True)
-        cleanup_tmp(root, settings.sync_tmp_max_age_hours * 3600)
+        keep = {store_dir(root, settings).resolve()}  # an Ollama server may be using it
+        cleanup_tmp(root, settings.sync_tmp_max_age_hours * 3600, keep)
         staging.mkdir(parents=True)
         with Lease(root, settings.sync_lock_ttl_seconds, settings.sync_lock_wait_seconds) as lease:
             result = _sync_locked(root, specs, settings, only, force, staging, lease)
@@ -164,8 +165,8 @@ def _sync_locked(
 ) -> SyncResult:
     state = read_cache(root, retry_delay=0)
     base = state.manifest if state.valid else None
-    previous_generation = _latest_generation(root)
-    result = SyncResult("ok", previous_generation, previous_generation, staging.name)
+    committed = state.generation  # 0 unless .done and the manifest agree
+    result = SyncResult("ok", committed, committed, staging.name)
     current = {m.name: m for m in base.models} if base else {}
     wanted = [s for s in specs if only is None or base is None or s.name in only]
     for name in sorted(set(only or ()) - {s.name for s in specs}):
@@ -347,7 +348,7 @@ def _record_status(root: Path, result: SyncResult) -> None:
         log.error("Could not record the sync status", extra={"error": str(exc)})
 
 
-def cleanup_tmp(root: Path, max_age_seconds: float) -> None:
+def cleanup_tmp(root: Path, max_age_seconds: float, keep: Collection[Path] = ()) -> None:
     """Remove staging left by runs that died (SIGKILL, lost host) once older than the limit."""
     tmp = root / TMP_DIR
     if not tmp.is_dir():
@@ -355,7 +356,7 @@ def cleanup_tmp(root: Path, max_age_seconds: float) -> None:
     cutoff = time.time() - max_age_seconds
     for entry in tmp.iterdir():
         try:
-            if entry.lstat().st_mtime >= cutoff:
+            if entry.lstat().st_mtime >= cutoff or entry.resolve() in keep:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)

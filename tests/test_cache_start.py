@@ -40,7 +40,7 @@ from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel
 from worker.modelstore import ModelStoreError, cache_snapshot, load_embedding_model
 from worker.pipeline import Pipeline
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 
 
 @pytest.fixture
@@ -296,3 +296,16 @@ def test_fallback_downloads_into_local_storage_never_the_cache(
     assert files_under(cache) == {}
     downloaded = files_under(tmp_path / "local" / "hub")
     assert downloaded["sentence-transformers_all-MiniLM-L6-v2/model.safetensors"] > 90_000_000
+
+
+def test_local_dir_inside_the_cache_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="TABULAR_LOCAL_MODEL_DIR"):
+        Settings.from_env({"MODEL_CACHE_PATH": str(tmp_path),
+                           "TABULAR_LOCAL_MODEL_DIR": str(tmp_path / "local")})  # fmt: skip
+    assert Settings.from_env(
+        {
+            "MODEL_CACHE_PATH": str(tmp_path),
+            "SHARED_MODEL_VOLUME_ENABLED": "false",
+            "TABULAR_LOCAL_MODEL_DIR": str(tmp_path / "local"),
+        }
+    )

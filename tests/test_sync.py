@@ -120,13 +120,14 @@ def test_models_from_env_and_bad_specs(tmp_path: Path, source: Path) -> None:
 
 def test_old_staging_is_removed_recent_is_kept(tmp_path: Path, source: Path) -> None:
     cache = tmp_path / "cache"
-    for name, age in (("dead-run", 8 * DAY), ("live-run", 3600)):
+    for name, age in (("dead-run", 8 * DAY), ("live-run", 3600), ("ollama-store", 30 * DAY)):
         (cache / ".tmp" / name / "x").mkdir(parents=True)
         (cache / ".tmp" / name / "x" / "part").write_bytes(b"p" * 10)
         past = time.time() - age
         os.utime(cache / ".tmp" / name, (past, past))
     assert once(cache, f"m=file://{source}")["rc"] == 0
-    assert sorted(p.name for p in (cache / ".tmp").iterdir()) == ["live-run"]
+    # The default store of the sync's Ollama server is in use however old it looks.
+    assert sorted(p.name for p in (cache / ".tmp").iterdir()) == ["live-run", "ollama-store"]
 
 
 def test_lock_of_a_dead_holder_is_taken_over_a_live_one_waited_for(
