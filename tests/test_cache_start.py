@@ -302,10 +302,11 @@ def test_local_dir_inside_the_cache_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="TABULAR_LOCAL_MODEL_DIR"):
         Settings.from_env({"MODEL_CACHE_PATH": str(tmp_path),
                            "TABULAR_LOCAL_MODEL_DIR": str(tmp_path / "local")})  # fmt: skip
-    assert Settings.from_env(
+    disabled = Settings.from_env(
         {
             "MODEL_CACHE_PATH": str(tmp_path),
             "SHARED_MODEL_VOLUME_ENABLED": "false",
             "TABULAR_LOCAL_MODEL_DIR": str(tmp_path / "local"),
         }
     )
+    assert not disabled.shared_model_volume_enabled  # no cache in use: the same dir is fine
