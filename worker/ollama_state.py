@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from sync.cache_copy import copy_verified
 from sync.manifest import find_model, read_cache
 from worker import logs
@@ -123,9 +121,7 @@ class OllamaState:
                 log.info("Ollama answered", extra={"host": self.host, "attempts": attempts,
                          "version": self.server_version})  # fmt: skip
                 return
-            except (ConnectionError, httpx.HTTPError, OSError, ValueError) as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # ollama.ResponseError: the server is up but not ready
+            except Exception as exc:  # refused, reset, timeout, 5xx: all mean "not yet"
                 self.error = f"{type(exc).__name__}: {exc}"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
