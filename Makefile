@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 APT_PACKAGES := prometheus prometheus-pushgateway
 
-.PHONY: demo test lint typecheck pytest venv apt-deps bench clean
+.PHONY: demo test lint typecheck pytest venv apt-deps bench bench-cache clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,9 @@ test: lint typecheck pytest
 
 bench: venv
 	$(BIN)/python bench/pipeline.py
+
+bench-cache: venv
+	$(BIN)/python bench/cache.py --repeat 7
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,8 @@
 """A loopback HTTP server speaking the subset of the Ollama API the project calls.
 
-Endpoints: GET /api/version, GET /api/tags, GET /api/ps, POST /api/pull (streamed NDJSON
-progress; writes real blob and manifest files under `models_dir` when given), POST /api/chat.
+Endpoints: GET /api/version, GET /api/tags (also lists manifests found under `models_dir`),
+GET /api/ps, POST /api/pull (streamed NDJSON progress; writes real blob and manifest files
+under `models_dir` when given), POST /api/chat.
 Behaviour is steered per test: `not_ready_until` (connection-level 503s before then),
 `chat_reply` (a function of the request body), `chat_delay`, `fail_pull`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,18 @@ def keyword_label(body: dict[str, Any]) -> str:
     return json.dumps({"label": label, "confidence": 0.8})
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client hanging up mid-response (a cancelled pull, a closed test) is not an error.
+
+    socketserver would print a traceback from the handler thread instead; besides the noise,
+    that lazily imports modules off the main thread while pytest rewrites imports on it.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class OllamaDouble:
     def __init__(self, models_dir: Path | None = None) -> None:
         self.models_dir = models_dir
@@ -44,7 +58,7 @@ class OllamaDouble:
         self.fail_pull = False
         self.pull_delay = 0.0
         self.requests: list[tuple[str, str]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -78,7 +92,7 @@ class OllamaDouble:
                 if self.path == "/api/version":
                     self._json({"version": "0.12.0"})
                 elif self.path == "/api/tags":
-                    self._json({"models": [_model_entry(m) for m in sorted(double.models)]})
+                    self._json({"models": [_model_entry(m) for m in double.listed()]})
                 elif self.path == "/api/ps":
                     self._json({"models": [_model_entry(m) for m in sorted(double.models)]})
                 else:
@@ -99,7 +113,7 @@ class OllamaDouble:
 
             def _chat(self, body: dict[str, Any]) -> None:
                 model = body.get("model", "")
-                if model not in double.models:
+                if model not in double.listed():
                     self._json({"error": f"model '{model}' not found"}, 404)
                     return
                 if double.chat_delay:
@@ -132,13 +146,15 @@ class OllamaDouble:
                      "total": len(blob), "completed": done}
                     for done in (0, len(blob) // 2, len(blob))
                 ]  # fmt: skip
-                steps += [{"status": "verifying sha256 digest"}, {"status": "success"}]
+                steps += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"},
+                          {"status": "success"}]  # fmt: skip
                 for step in steps:
                     if double.pull_delay:
                         time.sleep(double.pull_delay)
+                    if step["status"] == "success":  # like Ollama: files first, then success
+                        double._store(name, blob, digest)
                     self._chunk(json.dumps(step).encode() + b"\n")
                 self._chunk(b"")
-                double._store(name, blob, digest)
 
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -153,6 +169,19 @@ class OllamaDouble:
                 self.wfile.write(data)
 
         return Handler
+
+    def listed(self) -> list[str]:
+        """Models pulled into this double plus those whose manifests lie in `models_dir`, as
+        Ollama lists whatever its store holds (how a copy into OLLAMA_MODELS becomes visible)."""
+        names = set(self.models)
+        root = self.models_dir / "manifests" if self.models_dir else None
+        if root is not None and root.is_dir():
+            for path in root.glob("*/*/*/*"):
+                registry, namespace, model, tag = path.relative_to(root).parts
+                if path.is_file() and registry == "registry.ollama.ai":
+                    prefix = "" if namespace == "library" else f"{namespace}/"
+                    names.add(f"{prefix}{model}:{tag}")
+        return sorted(names)
 
     def _ready(self, handler: BaseHTTPRequestHandler) -> bool:
         if time.monotonic() >= self.not_ready_until:

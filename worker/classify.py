@@ -7,6 +7,7 @@ model one row at a time with JSON-constrained output and checks its answer again
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,18 +85,32 @@ def few_shot(
 # llm
 
 
+# Waits until the LLM can answer, or raises a (retryable) JobError: OllamaState.wait_ready.
+Availability = Callable[[], Awaitable[None]]
+
+
 class LlmClassifier:
     """Asks Ollama (`/api/chat`, `format` = a JSON schema naming the labels) one row at a time."""
 
-    def __init__(self, host: str, model: str, timeout: float, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        host: str,
+        model: str,
+        timeout: float,
+        concurrency: int = 2,
+        availability: Availability | None = None,
+    ) -> None:
         from ollama import AsyncClient
 
         self.model = model
         self.timeout = timeout
         self._client = AsyncClient(host=host, timeout=timeout)
         self._slots = asyncio.Semaphore(concurrency)
+        self._availability = availability
 
     async def classify(self, texts: list[str], labels: list[Label]) -> list[Prediction]:
+        if self._availability is not None:
+            await self._availability()
         return list(await asyncio.gather(*(self._one(i, t, labels) for i, t in enumerate(texts))))
 
     async def _one(self, index: int, text: str, labels: list[Label]) -> Prediction:

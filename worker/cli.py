@@ -95,11 +95,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         output = open(args.output, "wb")
     else:
         output = sys.stdout.buffer
+    from worker.modelstore import ModelStoreError
+
     try:
         asyncio.run(local.run(settings, args.input, output, concurrency))
     except FileNotFoundError as exc:
         log.error("Input not found", extra={"path": exc.filename})
         return 2
+    except ModelStoreError as exc:
+        log.error("No model to serve", extra={"error": str(exc)})
+        return 3
     finally:
         if args.output:
             output.close()

@@ -48,7 +48,8 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)
-    for noisy in ("urllib3", "httpx", "httpcore", "filelock", "huggingface_hub", "transformers"):
+    for noisy in ("urllib3", "httpx", "httpcore", "httpx2", "httpcore2", "filelock",
+                  "huggingface_hub", "transformers"):  # fmt: skip
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     _silence_progress_bars()
 

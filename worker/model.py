@@ -83,6 +83,13 @@ class EmbeddingModel:
         model.load_seconds = time.perf_counter() - started
         return model
 
+    def relabel(self, info: ModelInfo) -> EmbeddingModel:
+        """The same loaded weights under new metadata (a cache generation that did not touch
+        this model's files): a hot reload without loading anything."""
+        model = EmbeddingModel(self._st, info)
+        model.load_seconds, model.warmup_seconds = self.load_seconds, self.warmup_seconds
+        return model
+
     def encode(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Unnormalised float32 vectors plus each text's untruncated token count.
 

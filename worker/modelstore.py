@@ -1,50 +1,368 @@
 """Deciding which files the embedding model is loaded from, and loading it warmed.
 
-Without the shared cache a model name resolves to the packaged MiniLM, a local directory, or a
-name under SENTENCE_TRANSFORMERS_HOME.
+With the shared cache enabled (default) a start first tries the cache: `.done` must match the
+manifest, the configured model must be in it, and its files must match their checksums as they
+are copied out (strategy `copy`) or read in place (`mount`). Anything else is a miss with one of
+the fixed reasons in `sync.manifest.MISS_REASONS`, and the model comes from local storage
+instead: the packaged MiniLM, a local directory, a TABULAR_SYNC_MODELS source, or a hub download
+into TABULAR_LOCAL_MODEL_DIR — never into the shared cache. A corrupt model is never served.
+
+The cache is read only through `sync` (manifest, checks, verified copy).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import gc
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sync.cache_copy import (
+    ChecksumMismatch,
+    InsufficientSpace,
+    copy_verified,
+    ensure_free_space,
+    verify_files,
+)
+from sync.manifest import HIT, ModelEntry, find_model, read_cache, read_done, safe_path
 from worker import logs
 from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel, ModelInfo, local_model_dir
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.pipeline import Pipeline
+
 log = logs.get(__name__)
 
 
-def load_local(settings: Settings) -> EmbeddingModel:
-    """Blocking: load and warm the configured model from local storage."""
-    path, source = local_model_dir(settings.embedding_model, settings.sentence_transformers_home)
-    model = EmbeddingModel.load(path, ModelInfo(settings.embedding_model, str(path), source))
-    model.warm_up()
-    return model
+class ModelStoreError(RuntimeError):
+    """No model can be served: the fallback failed too, or the local disk is too small."""
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    cache_hit: bool
+    reason: str  # "hit" or one of sync.manifest.MISS_REASONS
+    generation: int = 0
+    detail: str = ""
+
+
+_last_lookup: CacheLookup | None = None  # this process's start, for cache_snapshot()
 
 
 async def load_embedding_model(
     settings: Settings, metrics: WorkerMetrics | None = None
 ) -> EmbeddingModel:
     """Load in a worker thread so the event loop (health checks) keeps answering meanwhile."""
-    import asyncio
+    global _last_lookup
+    model, lookup = await asyncio.to_thread(_load, settings)
+    _last_lookup = lookup
+    log.info(
+        "Model cache checked",
+        extra={"cache_hit": lookup.cache_hit, "reason": lookup.reason,
+               "generation": lookup.generation, "detail": lookup.detail,
+               "model": settings.embedding_model, "strategy": settings.model_load_strategy},
+    )  # fmt: skip
+    _log_loaded(model)
+    if metrics is not None:
+        metrics.cache_lookups.labels("hit" if lookup.cache_hit else "miss", lookup.reason).inc()
+        _export(metrics, model)
+    return model
 
-    model = await asyncio.to_thread(load_local, settings)
+
+def cache_snapshot(settings: Settings, model: EmbeddingModel) -> dict[str, Any]:
+    """Cache state for /readyz: what this start found, what is loaded, what is committed now."""
+    root = Path(settings.model_cache_path)
+    committed = current_generation(settings)
+    lookup = _last_lookup
+    return {
+        "enabled": settings.shared_model_volume_enabled, "path": str(root),
+        "mounted": settings.shared_model_volume_enabled and os.path.ismount(root),
+        "start_cache_hit": lookup.cache_hit if lookup else None,
+        "start_reason": lookup.reason if lookup else None,
+        "model_source": model.info.source, "loaded_generation": model.info.generation,
+        "committed_generation": committed,
+        "reload_pending": committed is not None and committed > model.info.generation,
+    }  # fmt: skip
+
+
+def current_generation(settings: Settings) -> int | None:
+    """The committed cache generation (one small read of `.done`), None without a valid marker."""
+    if not settings.shared_model_volume_enabled:
+        return None
+    done = read_done(Path(settings.model_cache_path))
+    return done.generation if done is not None else None
+
+
+def _load(settings: Settings) -> tuple[EmbeddingModel, CacheLookup]:
+    threading.Thread(target=_preimport, name="preimport", daemon=True).start()
+    lookup, model = try_cache(settings)
+    if model is None:
+        log.warning("Model cache miss: loading from local storage",
+                    extra={"reason": lookup.reason, "detail": lookup.detail})  # fmt: skip
+        model = load_local(settings)
+    return model, lookup
+
+
+def _preimport() -> None:
+    """Import sentence-transformers (seconds, mostly CPU) while the cache is checked and copied
+    (I/O and hashing, which release the GIL): a cache hit then starts about as fast as a bare
+    process that only imports and loads."""
+    try:
+        import sentence_transformers  # noqa: F401
+    except Exception:
+        pass  # the load itself reports import problems
+
+
+def try_cache(settings: Settings) -> tuple[CacheLookup, EmbeddingModel | None]:
+    """Blocking: the warmed model from the cache, or why not (the reason goes to logs/metrics)."""
+    if not settings.shared_model_volume_enabled:
+        return CacheLookup(False, "disabled"), None
+    root = Path(settings.model_cache_path)
+    if not root.is_dir():
+        return CacheLookup(False, "no_mount", detail=f"{root} is not a directory"), None
+    log.info("Shared volume available", extra={"path": str(root),
+                                               "mountpoint": os.path.ismount(root)})  # fmt: skip
+    state = read_cache(root)
+    if not state.valid or state.manifest is None:
+        return CacheLookup(False, state.reason, detail=state.detail), None
+    generation = state.generation
+    entry = find_model(state.manifest, settings.embedding_model, kind="sbert")
+    if entry is None:
+        detail = f"{settings.embedding_model!r} is not an sbert model of generation {generation}"
+        return CacheLookup(False, "model_not_in_manifest", generation, detail), None
+    try:
+        model = load_cached(settings, root, entry, generation)
+    except ChecksumMismatch as exc:
+        return CacheLookup(False, "checksum_mismatch", generation, str(exc)), None
+    except InsufficientSpace as exc:
+        raise ModelStoreError(str(exc)) from None
+    except Exception as exc:  # whatever the loader raises, the files did not make a model
+        return CacheLookup(False, "load_failed", generation, f"{type(exc).__name__}: {exc}"), None
+    return CacheLookup(True, HIT, generation), model
+
+
+def load_cached(
+    settings: Settings, root: Path, entry: ModelEntry, generation: int
+) -> EmbeddingModel:
+    """Blocking: a verified copy (`copy`) or an in-place check (`mount`), then load and warm."""
+    if settings.model_load_strategy == "mount":
+        verify_files(root, entry, readers=settings.model_copy_readers)
+        return _load_dir(settings, safe_path(root, entry.location), entry, generation)
+    parent = Path(settings.local_model_dir) / "cache" / entry.kind
+    ensure_free_space(parent, entry.size)
+    dest = Path(tempfile.mkdtemp(prefix=f"{_slug(entry.name)}-g{generation}-", dir=parent))
+    try:
+        copy_verified(root, entry, dest, readers=settings.model_copy_readers)
+        return _load_dir(settings, dest, entry, generation)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _load_dir(settings: Settings, path: Path, entry: ModelEntry, generation: int) -> EmbeddingModel:
+    info = ModelInfo(settings.embedding_model, str(path), "cache", generation, entry.revision)
+    model = EmbeddingModel.load(path, info)
+    model.warm_up()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# local storage (a miss, or the cache disabled)
+
+
+def load_local(settings: Settings) -> EmbeddingModel:
+    """Blocking: load and warm the configured model from local storage."""
+    try:
+        path, source = resolve_local(settings)
+        model = EmbeddingModel.load(path, ModelInfo(settings.embedding_model, str(path), source))
+        model.warm_up()
+    except ModelStoreError:
+        raise
+    except Exception as exc:
+        raise ModelStoreError(
+            f"model {settings.embedding_model!r} cannot be loaded from local storage: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return model
+
+
+def resolve_local(settings: Settings) -> tuple[Path | str, str]:
+    """Where the model is without the cache: (directory or hub id, source).
+
+    A name configured in TABULAR_SYNC_MODELS uses its source: file:// is loaded in place (an
+    image-baked directory), hf:// is downloaded into TABULAR_LOCAL_MODEL_DIR.
+    """
+    name = settings.embedding_model
+    source = _configured_source(settings, name)
+    if source.startswith("file://") and Path(source[7:]).expanduser().is_dir():
+        return Path(source[7:]).expanduser(), "local"
+    if source.startswith("hf://"):
+        repo, _, revision = source[5:].partition("@")
+        return download_local(settings, repo, revision or None), "hub"
+    path, kind = local_model_dir(name, settings.sentence_transformers_home)
+    if kind == "hub" and not _offline():
+        return download_local(settings, name, None), "hub"
+    return path, kind  # offline: sentence-transformers looks in its own local caches only
+
+
+def download_local(settings: Settings, repo: str, revision: str | None) -> Path:
+    """Download a hub model into TABULAR_LOCAL_MODEL_DIR after checking it fits."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    from sync.sources import HF_IGNORE
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    dest = Path(settings.local_model_dir) / "hub" / _slug(repo)
+    info = HfApi(endpoint=endpoint).model_info(repo, revision=revision, files_metadata=True)
+    siblings = list(info.siblings or [])
+    safetensors = any(s.rfilename.endswith(".safetensors") for s in siblings)
+    ignore = HF_IGNORE + (["*.bin"] if safetensors else [])
+    keep = [s for s in siblings if not any(fnmatch(s.rfilename, p) for p in ignore)]
+    ensure_free_space(dest, sum(s.size or 0 for s in keep))
+    log.info("Downloading model into local storage",
+             extra={"repo": repo, "commit": info.sha, "path": str(dest)})  # fmt: skip
+    snapshot_download(repo, revision=info.sha, local_dir=dest, ignore_patterns=ignore,
+                      endpoint=endpoint)  # fmt: skip
+    return dest
+
+
+def _configured_source(settings: Settings, name: str) -> str:
+    from sync.run import SpecError, parse_specs
+
+    try:
+        specs = parse_specs(settings.sync_models)
+    except SpecError as exc:
+        log.warning("TABULAR_SYNC_MODELS ignored", extra={"error": str(exc)})
+        return ""
+    return next((s.source for s in specs if s.name == name), "")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+# ---------------------------------------------------------------------------------------------
+# hot reload
+
+
+class CacheReloader:
+    """Switches a running pipeline to a new cache generation between batches.
+
+    The new model is loaded and warmed beside the old one in a thread; then `pipeline.model` is
+    replaced. Requests already queued carry the old model's encode function and finish on it, so
+    no job is dropped or sees two models; then the old model and its local copy are freed.
+    """
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._failed_generation = 0
+
+    async def run(self, pipeline: Pipeline, stop: asyncio.Event) -> None:
+        interval = max(0.05, self.settings.reload_interval_seconds)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.check_once(pipeline)
+            except Exception:  # a reload bug must not stop the worker or future reloads
+                log.exception("Model reload check failed")
+
+    async def check_once(self, pipeline: Pipeline) -> bool:
+        """Switch to a newer generation if there is one; True when the pipeline switched."""
+        current = pipeline.model
+        generation = await asyncio.to_thread(current_generation, self.settings)
+        if generation is None or generation <= current.info.generation:
+            return False
+        if generation == self._failed_generation:
+            return False  # already tried; wait for the next generation
+        try:
+            new = await asyncio.to_thread(self._load_generation, current)
+        except Exception as exc:
+            self._failed_generation = generation
+            self._count("failed")
+            log.error("Model reload failed; keeping the current model",
+                      extra={"generation": generation, "error": f"{type(exc).__name__}: {exc}",
+                             "current_generation": current.info.generation})  # fmt: skip
+            return False
+        pipeline.model = new
+        self._count("ok")
+        if self.metrics is not None:
+            _export(self.metrics, new)
+        log.info("Model reloaded", extra={"generation": new.info.generation, "path": new.info.path,
+                 "previous_generation": current.info.generation})  # fmt: skip
+        old, replaced = current.info, new.info.path != current.info.path
+        del current  # queued batches keep the old model alive until they finish, then it goes
+        if replaced:
+            await asyncio.to_thread(self._free, old)
+        return True
+
+    def _load_generation(self, current: EmbeddingModel) -> EmbeddingModel:
+        root = Path(self.settings.model_cache_path)
+        state = read_cache(root)
+        if not state.valid or state.manifest is None:
+            raise ModelStoreError(f"cache not usable: {state.reason}: {state.detail}")
+        entry = find_model(state.manifest, self.settings.embedding_model, kind="sbert")
+        if entry is None:
+            raise ModelStoreError(f"{self.settings.embedding_model!r} is not in the manifest")
+        if current.info.source == "cache" and current.info.revision == entry.revision:
+            # Same files, new generation (another model changed): relabel, no reload.
+            info = dataclasses.replace(current.info, generation=state.generation)
+            return current.relabel(info)
+        return load_cached(self.settings, root, entry, state.generation)
+
+    def _free(self, old: ModelInfo) -> None:
+        """Delete the old local copy (on Cloud Run it occupies memory) and collect the model.
+
+        Safe while a last batch still encodes on it: its weights are already in memory.
+        """
+        copies = (Path(self.settings.local_model_dir) / "cache").resolve()
+        path = Path(old.path).resolve()
+        if old.source == "cache" and path.is_relative_to(copies):
+            shutil.rmtree(path, ignore_errors=True)
+        gc.collect()
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.model_reloads.labels(outcome).inc()
+
+
+def _log_loaded(model: EmbeddingModel) -> None:
     log.info(
         "Embedding model loaded",
         extra={
             "model": model.info.name,
             "source": model.info.source,
+            "generation": model.info.generation,
             "load_seconds": round(model.load_seconds, 3),
             "warmup_seconds": round(model.warmup_seconds, 3),
             "dims": model.dims,
         },
     )
-    if metrics is not None:
-        metrics.model_load_seconds.set(model.load_seconds)
-        metrics.model_warmup_seconds.set(model.warmup_seconds)
-        metrics.model_generation.set(model.info.generation)
-        metrics.model_info.info(
-            {"name": model.info.name, "source": model.info.source,
-             "generation": str(model.info.generation)}
-        )  # fmt: skip
-    return model
+
+
+def _export(metrics: WorkerMetrics, model: EmbeddingModel) -> None:
+    metrics.model_load_seconds.set(model.load_seconds)
+    metrics.model_warmup_seconds.set(model.warmup_seconds)
+    metrics.model_generation.set(model.info.generation)
+    metrics.model_info.info(
+        {"name": model.info.name, "source": model.info.source,
+         "generation": str(model.info.generation)}
+    )  # fmt: skip

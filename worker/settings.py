@@ -60,6 +60,47 @@ class Settings:
     reload_interval_seconds: float = _env(
         "TABULAR_RELOAD_INTERVAL_SECONDS", 60.0, "How often to poll the cache for a new generation."
     )
+    model_copy_readers: int = _env(
+        "TABULAR_MODEL_COPY_READERS", 4, "Parallel readers when copying a model out of the cache."
+    )
+    # --- sync (tabular-sync) --------------------------------------------------------------
+    sync_models: str = _env(
+        "TABULAR_SYNC_MODELS",
+        "",
+        "Models the sync keeps in the cache: comma-separated name=source-uri (hf://org/name[@rev],"
+        " ollama://name:tag, file://PATH). The worker resolves these names on a cache miss too.",
+    )
+    refresh_subscription: str = _env(
+        "TABULAR_REFRESH_SUBSCRIPTION",
+        "tabular-model-refresh-sub",
+        "Subscription `tabular-sync listen` takes refresh events (Cloud Scheduler) from.",
+    )
+    refresh_complete_topic: str = _env(
+        "TABULAR_REFRESH_COMPLETE_TOPIC",
+        "",
+        "Topic a refresh-complete message is published to after each sync (empty: none).",
+    )
+    sync_lock_ttl_seconds: float = _env(
+        "TABULAR_SYNC_LOCK_TTL_SECONDS",
+        120.0,
+        "Lifetime of the sync lock; its holder renews it, so it expires soon after a crash.",
+    )
+    sync_lock_wait_seconds: float = _env(
+        "TABULAR_SYNC_LOCK_WAIT_SECONDS", 900.0, "How long a sync waits for another one to finish."
+    )
+    sync_tmp_max_age_hours: float = _env(
+        "TABULAR_SYNC_TMP_MAX_AGE_HOURS", 168.0, "Staging entries under .tmp/ older than this go."
+    )
+    sync_ollama_host: str = _env(
+        "TABULAR_SYNC_OLLAMA_HOST",
+        "",
+        "Ollama server the sync pulls through (default OLLAMA_HOST).",
+    )
+    sync_ollama_models: str = _env(
+        "TABULAR_SYNC_OLLAMA_MODELS",
+        "",
+        "OLLAMA_MODELS of that server, read by the sync (default <cache>/.tmp/ollama-store).",
+    )
     # --- jobs and limits ----------------------------------------------------------------------
     data_root: str = _env("TABULAR_DATA_ROOT", ".", "Root for job `source.path` files.")
     max_rows_per_job: int = _env("TABULAR_MAX_ROWS_PER_JOB", 10_000, "Rows allowed in one job.")
@@ -87,6 +128,17 @@ class Settings:
     )
     llm_enabled: bool = _env(
         "TABULAR_LLM_ENABLED", True, "Accept `llm` jobs (and poll Ollama for readiness)."
+    )
+    llm_wait_seconds: float = _env(
+        "TABULAR_LLM_WAIT_SECONDS", 30.0, "How long an `llm` job waits for Ollama to become ready."
+    )
+    ollama_ready_timeout_seconds: float = _env(
+        "TABULAR_OLLAMA_READY_TIMEOUT_SECONDS",
+        300.0,
+        "Deadline for Ollama to answer at start; after it the LLM is reported unavailable.",
+    )
+    ollama_pull: bool = _env(
+        "TABULAR_OLLAMA_PULL", True, "Pull the LLM when neither Ollama nor the cache has it."
     )
     # --- transport ----------------------------------------------------------------------------
     project: str = _env("GOOGLE_CLOUD_PROJECT", "", "Google Cloud project for short IDs.")
@@ -149,9 +201,22 @@ class Settings:
     def validate(self) -> None:
         if self.model_load_strategy not in ("copy", "mount"):
             raise SettingsError("TABULAR_MODEL_LOAD_STRATEGY must be 'copy' or 'mount'")
-        for name in ("max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows"):
+        if self.shared_model_volume_enabled and _inside(
+            self.local_model_dir, self.model_cache_path
+        ):
+            # Fallback copies and downloads must never write into the shared cache.
+            raise SettingsError("TABULAR_LOCAL_MODEL_DIR must lie outside MODEL_CACHE_PATH")
+        for name in (
+            "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
+            "model_copy_readers",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be >= 1")
+
+
+def _inside(path: str, root: str) -> bool:
+    child, parent = os.path.abspath(path), os.path.abspath(root)
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
 def _env_name(field_name: str) -> str:

@@ -1,0 +1,196 @@
+"""Moving model files with their checksums computed on the way, never by a second read.
+
+`copy_verified` is how a worker takes a model out of the cache: parallel range readers (a GCS
+FUSE mount serves concurrent reads of one object far faster than one sequential stream) and an
+in-order sha256 per file, so verification costs no extra read. `copy_hashing` is the sync's
+single-stream counterpart for staging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sync.manifest import FileEntry, ModelEntry, safe_path, sha256_file
+
+CHUNK_BYTES = 8 << 20
+FREE_SPACE_MARGIN = 0.05  # keep 5 % of the target's free space unused
+
+
+class ChecksumMismatch(Exception):
+    """A file's size or sha256 differs from what the manifest promises."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class InsufficientSpace(OSError):
+    """The local directory cannot hold the model (on Cloud Run, local disk is memory)."""
+
+
+@dataclass
+class CopyResult:
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def ensure_free_space(directory: Path, needed: int) -> None:
+    """Fail before writing anything when `needed` bytes will not fit with a small margin."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if needed > free * (1 - FREE_SPACE_MARGIN):
+        raise InsufficientSpace(
+            f"{directory} needs {needed} bytes free for the model, has {free}. On Cloud Run the "
+            "local disk is memory: raise the memory limit or use TABULAR_MODEL_LOAD_STRATEGY=mount"
+        )
+
+
+def copy_hashing(src: Path, dst: Path, block: int = CHUNK_BYTES) -> tuple[int, str]:
+    """Copy one file, fsync it, and return (size, sha256) of the bytes actually written."""
+    digest = hashlib.sha256()
+    size = 0
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while data := fin.read(block):
+            digest.update(data)
+            fout.write(data)
+            size += len(data)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return size, digest.hexdigest()
+
+
+def verify_files(root: Path, model: ModelEntry, readers: int = 4) -> None:
+    """Hash a model's files where they lie (the `mount` strategy); raise on the first mismatch."""
+
+    def check(entry: FileEntry) -> None:
+        path = safe_path(root, f"{model.location}/{entry.path}")
+        _check_size(path, entry)
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise ChecksumMismatch(
+                entry.path, f"sha256 {actual[:12]}, expected {entry.sha256[:12]}"
+            )
+
+    with ThreadPoolExecutor(max(1, readers)) as pool:
+        list(pool.map(check, model.files))
+
+
+def copy_verified(
+    root: Path,
+    model: ModelEntry,
+    dest: Path,
+    *,
+    readers: int = 4,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> CopyResult:
+    """Copy `model`'s files from the cache under `root` into `dest`, verified, all or nothing.
+
+    Files are written as `*.partial` and renamed once every checksum matched, so `dest` never
+    holds an unverified file. Files under `manifests/` are renamed last: an Ollama server reading
+    `dest` must never see a model manifest before its blobs.
+    """
+    started = time.perf_counter()
+    ensure_free_space(dest, model.size)
+    jobs = [_FileCopy(root, model, entry, dest) for entry in model.files]
+    try:
+        for job in jobs:
+            job.open()
+        chunks = [(job, off) for job in jobs for off in range(0, job.entry.size, chunk_bytes)]
+        with ThreadPoolExecutor(max(1, readers), thread_name_prefix="cache-copy") as pool:
+            list(pool.map(lambda c: c[0].copy_chunk(c[1], chunk_bytes), chunks))
+        for job in jobs:
+            job.finish()
+    except BaseException:
+        for job in jobs:
+            job.abort()
+        raise
+    for job in sorted(jobs, key=lambda j: (j.entry.path.startswith("manifests/"), j.entry.path)):
+        job.publish()
+    return CopyResult(len(jobs), model.size, time.perf_counter() - started)
+
+
+def _check_size(path: Path, entry: FileEntry) -> None:
+    size = path.stat().st_size
+    if size != entry.size:
+        raise ChecksumMismatch(entry.path, f"size {size}, expected {entry.size}")
+
+
+@dataclass
+class _FileCopy:
+    """One file's copy: chunks arrive out of order, the hash consumes them in order."""
+
+    root: Path
+    model: ModelEntry
+    entry: FileEntry
+    dest: Path
+    _src: int = -1
+    _dst: int = -1
+    _next: int = 0
+    _pending: dict[int, bytes] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    @property
+    def target(self) -> Path:
+        return self.dest / self.entry.path
+
+    @property
+    def partial(self) -> Path:
+        return self.target.with_name(self.target.name + ".partial")
+
+    def open(self) -> None:
+        src = safe_path(self.root, f"{self.model.location}/{self.entry.path}")
+        _check_size(src, self.entry)  # a truncated file fails here, before any copying
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._src = os.open(src, os.O_RDONLY)
+        self._dst = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(self._dst, self.entry.size)
+
+    def copy_chunk(self, offset: int, length: int) -> None:
+        length = min(length, self.entry.size - offset)
+        data = os.pread(self._src, length, offset)
+        if len(data) != length:
+            raise ChecksumMismatch(self.entry.path, f"short read at {offset}: file changed")
+        os.pwrite(self._dst, data, offset)
+        with self._lock:
+            self._pending[offset] = data
+            for ready in self._in_order():
+                self._digest.update(ready)
+
+    def _in_order(self) -> Iterator[bytes]:
+        while self._next in self._pending:
+            data = self._pending.pop(self._next)
+            self._next += len(data)
+            yield data
+
+    def finish(self) -> None:
+        actual = self._digest.hexdigest()
+        if self._next != self.entry.size or actual != self.entry.sha256:
+            raise ChecksumMismatch(
+                self.entry.path, f"sha256 {actual[:12]}, expected {self.entry.sha256[:12]}"
+            )
+        self._close()
+
+    def abort(self) -> None:
+        self._close()
+        self.partial.unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        os.replace(self.partial, self.target)
+
+    def _close(self) -> None:
+        for fd in (self._src, self._dst):
+            if fd >= 0:
+                os.close(fd)
+        self._src = self._dst = -1

@@ -1,0 +1,85 @@
+"""`tabular-sync`: keep the shared model cache filled, committed and checkable.
+
+once     refresh every configured model (exit 0 when the cache is current, 1 on failure)
+listen   one sync per refresh event from TABULAR_REFRESH_SUBSCRIPTION
+verify   full check of a cache against its manifest (exit 1 and list every problem)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from worker import logs
+from worker.settings import Settings, SettingsError
+
+log = logs.get("sync.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache", help="cache root (default: MODEL_CACHE_PATH)")
+    models = argparse.ArgumentParser(add_help=False)
+    models.add_argument(
+        "--model", action="append", default=[], metavar="NAME=URI",
+        help="a model to keep (repeatable; default: TABULAR_SYNC_MODELS)",
+    )  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="tabular-sync", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    once = sub.add_parser("once", parents=[common, models], help="run one sync")
+    once.add_argument("--only", action="append", metavar="NAME", help="refresh only these")
+    once.add_argument("--force", action="store_true",
+                      help="refetch and rewrite even what looks unchanged")  # fmt: skip
+    sub.add_parser("listen", parents=[common, models], help="sync on each refresh event")
+    sub.add_parser("verify", parents=[common], help="check every file against the manifest")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        logs.setup()
+        log.error(str(exc))
+        return 2
+    logs.setup(settings.log_level)
+    root = Path(args.cache or settings.model_cache_path)
+    if args.command == "verify":
+        return _verify(root)
+    from sync.run import SpecError, parse_specs
+
+    try:
+        specs = parse_specs(",".join(args.model) if args.model else settings.sync_models)
+    except SpecError as exc:
+        log.error("Bad model specification", extra={"error": str(exc)})
+        return 2
+    if not specs:
+        log.error("No models configured: set TABULAR_SYNC_MODELS or pass --model name=uri")
+        return 2
+    if args.command == "once":
+        from sync.run import sync_once
+
+        return 0 if sync_once(root, specs, settings, only=args.only, force=args.force).ok else 1
+    from sync.listen import listen
+
+    return listen(root, specs, settings)
+
+
+def _verify(root: Path) -> int:
+    from sync.manifest import read_cache, verify
+
+    problems = verify(root)
+    for problem in problems:
+        print(problem)
+    state = read_cache(root, retry_delay=0)
+    log.info("Cache verified", extra={"cache": str(root), "problems": len(problems),
+             "generation": state.generation, "reason": state.reason})  # fmt: skip
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

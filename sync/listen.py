@@ -1,0 +1,121 @@
+"""`tabular-sync listen`: one sync per refresh event from Pub/Sub, one at a time.
+
+Cloud Scheduler publishes to the refresh topic; its payload may name models
+(`{"models": ["minilm"]}` or an attribute `models=minilm,llama`), anything else means all.
+Events are serialised by flow control (one leased message) and a lock, and each is acked only
+after its sync finished, so a crashed listener's event is redelivered. A sync failure still
+acks: the outcome is in sync-status.json and the next scheduled event retries.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sync.run import ModelSpec, SyncResult, sync_once
+from worker import logs
+from worker.settings import Settings
+
+log = logs.get(__name__)
+MAX_LEASE_SECONDS = 4 * 3600  # the client keeps extending the ack deadline while a sync runs
+
+
+def parse_event(data: bytes, attributes: Mapping[str, str]) -> list[str] | None:
+    """Model names an event asks for, or None for every configured model."""
+    if attributes.get("models"):
+        return _names(attributes["models"].split(","))
+    try:
+        body = orjson.loads(data) if data.strip() else None
+    except orjson.JSONDecodeError:
+        return None
+    models = body.get("models") if isinstance(body, dict) else None
+    if isinstance(models, str):
+        return _names(models.split(","))
+    if isinstance(models, list) and all(isinstance(m, str) for m in models):
+        return _names(models)
+    return None
+
+
+def _names(items: Sequence[str]) -> list[str] | None:
+    names = [item.strip() for item in items if item.strip()]
+    return names or None
+
+
+def resource_path(kind: str, name: str, project: str) -> str:
+    """Full Pub/Sub path for a short ID (`projects/P/<kind>/NAME` passes through)."""
+    return name if name.startswith("projects/") else f"projects/{project}/{kind}/{name}"
+
+
+class Listener:
+    def __init__(self, root: Path, specs: Sequence[ModelSpec], settings: Settings) -> None:
+        from google.cloud import pubsub_v1
+
+        self.root = root
+        self.specs = list(specs)
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._publisher = pubsub_v1.PublisherClient() if settings.refresh_complete_topic else None
+        self.syncs = 0
+
+    def handle(self, message: Any) -> None:
+        """Pub/Sub callback (a client thread): run the sync, announce it, then ack."""
+        with self._lock:
+            only = parse_event(message.data, dict(message.attributes))
+            log.info("Refresh event", extra={"message_id": message.message_id, "models": only})
+            result = sync_once(self.root, self.specs, self.settings, only=only)
+            self.syncs += 1
+            self._announce(result, message.message_id)
+            message.ack()
+
+    def _announce(self, result: SyncResult, trigger: str) -> None:
+        if self._publisher is None:
+            return
+        topic = resource_path("topics", self.settings.refresh_complete_topic,
+                              self.settings.project)  # fmt: skip
+        body = {"event": "refresh-complete", "trigger_message_id": trigger, **result.to_dict()}
+        try:
+            self._publisher.publish(
+                topic, orjson.dumps(body), outcome=result.outcome,
+                generation=str(result.generation),
+            ).result(timeout=60)  # fmt: skip
+        except Exception as exc:  # the sync itself succeeded or failed already; just report
+            log.error("Could not publish refresh-complete", extra={"error": str(exc)})
+            return
+        log.info("Refresh complete published", extra={"topic": topic,
+                 "generation": result.generation})  # fmt: skip
+
+
+def listen(root: Path, specs: Sequence[ModelSpec], settings: Settings) -> int:
+    """Block until SIGTERM/SIGINT; returns the exit code."""
+    from google.cloud import pubsub_v1
+
+    listener = Listener(root, specs, settings)
+    subscriber = pubsub_v1.SubscriberClient()
+    subscription = resource_path("subscriptions", settings.refresh_subscription, settings.project)
+    flow = pubsub_v1.types.FlowControl(max_messages=1, max_lease_duration=MAX_LEASE_SECONDS)
+    future = subscriber.subscribe(subscription, listener.handle, flow_control=flow)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+        future.cancel()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("Listening for refresh events", extra={"subscription": subscription,
+             "models": [s.name for s in specs]})  # fmt: skip
+    try:
+        future.result()
+    except Exception as exc:
+        if not stop.is_set():
+            log.error("Refresh subscription failed", extra={"error": str(exc)})
+            return 1
+    finally:
+        subscriber.close()
+    log.info("Listener stopped", extra={"syncs": listener.syncs})
+    return 0
