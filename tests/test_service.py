@@ -176,7 +176,7 @@ def test_sigterm_drains_and_exits_zero(pubsub: PubSubEnv, start_worker: StartWor
 
 def test_hostile_jobs_and_dead_letters(pubsub: PubSubEnv, start_worker: StartWorker) -> None:
     closed_port = free_port()
-    start_worker(pubsub, TABULAR_LLM_ENABLED="true",
+    start_worker(pubsub, TABULAR_LLM_ENABLED="true", TABULAR_LLM_WAIT_SECONDS="0.5",
                  OLLAMA_HOST=f"http://127.0.0.1:{closed_port}")  # fmt: skip
     good = [embed_job(f"good-{i}", [f"fine row {i}"]) for i in range(20)]
     bad: list[tuple[str | None, bytes, str]] = [

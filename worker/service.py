@@ -18,9 +18,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from worker import logs, transport
+from worker.classify import LlmClassifier
 from worker.health import HealthServer
 from worker.metrics import WorkerMetrics
-from worker.modelstore import load_embedding_model
+from worker.modelstore import CacheReloader, cache_snapshot, load_embedding_model
+from worker.ollama_state import OllamaState
 from worker.pipeline import Outcome, Pipeline
 from worker.settings import Settings
 from worker.transport import Consumer, Received
@@ -72,13 +74,20 @@ class Service:
         self._publisher: pubsub_v1.PublisherClient | None = None
         self._deadline = 0.0  # set by SIGTERM: when the grace period ends
         self._state: dict[str, Any] = {"model": {"state": "loading"}, "pubsub": {"state": "init"}}
+        self.ollama = OllamaState(settings, self.metrics)
 
     # --- readiness ----------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = model loaded and warmed, not shutting down. Ollama never gates readiness:
+        `llm` capability is reported on its own."""
         ready = self.pipeline is not None and not self.stop.is_set()
         self.metrics.ready.set(1 if ready else 0)
-        return ready, {"components": self._state}
+        components = dict(self._state)
+        if self.pipeline is not None:
+            components["cache"] = cache_snapshot(self.settings, self.pipeline.model)
+        components["ollama"] = self.ollama.snapshot()
+        return ready, {"components": components, "llm": self.ollama.ready}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -94,6 +103,7 @@ class Service:
             log.error(str(exc))
             return 1
         finally:
+            await self.ollama.close()
             await health.close()
             if self.pipeline is not None:
                 await self.pipeline.close()
@@ -121,8 +131,9 @@ class Service:
         await self._check_subscription(subscriber)
         if self.stop.is_set():
             return 0
+        self.ollama.start()  # comes up in the background; embedding work never waits for it
         model = await load_embedding_model(s, self.metrics)
-        self.pipeline = Pipeline(s, model, metrics=self.metrics, llm=_llm(s))
+        self.pipeline = Pipeline(s, model, metrics=self.metrics, llm=self._llm())
         self._state["model"] = {
             "state": "ready", "name": model.info.name, "source": model.info.source,
             "generation": model.info.generation, "dims": model.dims,
@@ -138,7 +149,13 @@ class Service:
         )
         consumer = Consumer(subscriber, self.subscription, self.handle, flow)
         self._state["pubsub"] = {"state": "pulling", "subscription": self.subscription}
+        reloader = None
+        if s.shared_model_volume_enabled:
+            reloading = CacheReloader(s, self.metrics).run(self.pipeline, self.stop)
+            reloader = asyncio.create_task(reloading)
         await consumer.run(self.stop)
+        if reloader is not None:
+            await asyncio.wait({reloader}, timeout=1.0)
         self.metrics.ready.set(0)
         await self._drain(consumer)
         return 0
@@ -193,11 +210,19 @@ class Service:
                 await asyncio.wait(late, timeout=0.5)
                 log.warning("Nacked unfinished jobs", extra={"jobs": len(late)})
         left = max(deadline - time.monotonic(), 0.5)
-        await consumer.stop_pulling(timeout=left)
+        await consumer.stop_pulling(wait=left)
         if self._publisher is not None:
             await asyncio.to_thread(self._publisher.stop)
         log.info(
             "Stopped", extra={"overran_seconds": round(max(0, time.monotonic() - deadline), 3)}
+        )
+
+    def _llm(self) -> LlmClassifier | None:
+        s = self.settings
+        if not s.llm_enabled:
+            return None
+        return LlmClassifier(
+            s.ollama_host, s.llm_model, s.llm_timeout_seconds, availability=self.ollama.wait_ready
         )
 
     # --- one job --------------------------------------------------------------------------
@@ -272,14 +297,6 @@ class Service:
             return False
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         return True
-
-
-def _llm(settings: Settings) -> Any:
-    if not settings.llm_enabled:
-        return None
-    from worker.classify import LlmClassifier
-
-    return LlmClassifier(settings.ollama_host, settings.llm_model, settings.llm_timeout_seconds)
 
 
 def _type_label(value: str | None) -> str:

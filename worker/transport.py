@@ -137,13 +137,13 @@ class Consumer:
         # Keep the stream open so in-flight jobs can still ack; refuse new deliveries.
         self._stopping = True
 
-    async def stop_pulling(self, timeout: float = 10.0) -> None:
+    async def stop_pulling(self, wait: float = 10.0) -> None:
         """Stop receiving; messages the client holds but has not dispatched are nacked by it."""
         self._stopping = True
         if self._future is not None:
             self._future.cancel()
             try:
-                await asyncio.wait_for(asyncio.to_thread(self._future.result, timeout), timeout)
+                await asyncio.wait_for(asyncio.to_thread(self._future.result, wait), wait)
             except Exception:
                 pass
 
