@@ -196,11 +196,13 @@ class Service:
             return
 
     async def _drain(self, consumer: Consumer) -> None:
-        """Finish in-flight jobs within the grace period; nack the rest; flush results."""
+        """Stop receiving, finish in-flight jobs within the grace period, nack the rest,
+        flush results."""
         deadline = self._deadline or time.monotonic() + self.settings.shutdown_grace_seconds
+        await consumer.stop_pulling(wait=max(deadline - time.monotonic() - 3.0, 0.5))
         pending = {t for t in self._tasks if not t.done()}
         if pending:
-            # Keep ~2 s of the grace period for nacks, closing the stream and flushing.
+            # Keep ~2 s of the grace period for nacks, acks and flushing results.
             budget = max(deadline - time.monotonic() - 2.0, 0.1)
             log.info("Finishing in-flight jobs", extra={"jobs": len(pending), "seconds": budget})
             _, late = await asyncio.wait(pending, timeout=budget)
@@ -209,13 +211,11 @@ class Service:
             if late:
                 await asyncio.wait(late, timeout=0.5)
                 log.warning("Nacked unfinished jobs", extra={"jobs": len(late)})
-        left = max(deadline - time.monotonic(), 0.5)
-        await consumer.stop_pulling(wait=left)
         if self._publisher is not None:
             await asyncio.to_thread(self._publisher.stop)
-        log.info(
-            "Stopped", extra={"overran_seconds": round(max(0, time.monotonic() - deadline), 3)}
-        )
+        await consumer.flush_late()
+        overran = round(max(0.0, time.monotonic() - deadline), 3)
+        log.info("Stopped", extra={"overran_seconds": overran})
 
     def _llm(self) -> LlmClassifier | None:
         s = self.settings

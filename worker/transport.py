@@ -105,6 +105,10 @@ class Consumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future: Any = None
         self._stopping = False
+        self._closed = False
+        # Settled after the stream closed: the client would drop these acks, so they are sent
+        # as plain RPCs by `flush_late`. (ack_id, ack?)
+        self._late: list[tuple[str, bool]] = []
         self.pending: set[concurrent.futures.Future[bool]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -134,12 +138,17 @@ class Consumer:
             except TimeoutError:
                 pass
             delay = min(delay * 2, 30.0)
-        # Keep the stream open so in-flight jobs can still ack; refuse new deliveries.
         self._stopping = True
 
     async def stop_pulling(self, wait: float = 10.0) -> None:
-        """Stop receiving; messages the client holds but has not dispatched are nacked by it."""
+        """Stop receiving; messages the client holds but has not dispatched are nacked by it.
+
+        Close the stream at once rather than keep it open refusing deliveries: every refusal is
+        a nack, the server redelivers at once, and a few seconds of that burn through a
+        dead-letter policy's attempts, dead-lettering jobs no one ever ran.
+        """
         self._stopping = True
+        self._closed = True
         if self._future is not None:
             self._future.cancel()
             try:
@@ -168,10 +177,36 @@ class Consumer:
         self.pending.add(fut)
         fut.add_done_callback(lambda f: self._settle(message, f))
 
+    async def flush_late(self) -> None:
+        """Ack/nack, by RPC, jobs that finished after the stream closed."""
+        late, self._late = self._late, []
+        acks = [ack_id for ack_id, ok in late if ok]
+        nacks = [ack_id for ack_id, ok in late if not ok]
+        try:
+            if acks:
+                await asyncio.to_thread(
+                    self._subscriber.acknowledge,
+                    subscription=self._subscription,
+                    ack_ids=acks,
+                    timeout=5,
+                )
+            if nacks:
+                await asyncio.to_thread(
+                    self._subscriber.modify_ack_deadline,
+                    subscription=self._subscription,
+                    ack_ids=nacks,
+                    ack_deadline_seconds=0,
+                    timeout=5,
+                )
+        except Exception as exc:  # their leases expire and Pub/Sub redelivers them: no loss
+            log.warning("Could not settle late jobs", extra={"error": repr(exc)})
+
     def _settle(self, message: Message, fut: concurrent.futures.Future[bool]) -> None:
         self.pending.discard(fut)
         ok = not fut.cancelled() and fut.exception() is None and fut.result()
-        if ok:
+        if self._closed:
+            self._late.append((message.ack_id, bool(ok)))
+        elif ok:
             message.ack()
         else:
             message.nack()
