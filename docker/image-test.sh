@@ -54,8 +54,8 @@ ensure_packages() {
             "${missing[@]}" >/dev/null
     fi
     # Debian's 20.10 client: a newer client earlier on PATH lacks the classic BuildKit builder.
-    DOCKER=$(dpkg -L docker.io | grep -E '/bin/docker$' | head -n1)
-    DOCKERD=$(dpkg -L docker.io | grep -E '/bin/dockerd$' | head -n1)
+    DOCKER=$(dpkg -L docker.io | grep -E '/s?bin/docker$' | head -n1)
+    DOCKERD=$(dpkg -L docker.io | grep -E '/s?bin/dockerd$' | head -n1)
     [ -x "$DOCKER" ] && [ -x "$DOCKERD" ] || fail "docker.io is installed but its binaries are missing"
 }
 
@@ -71,8 +71,7 @@ start_engine() {
     "$DOCKERD" --storage-driver=vfs --data-root="$cache/data" --exec-root="$exec_root" \
         --pidfile="$cache/dockerd.pid" --host="$DOCKER_HOST" \
         --iptables=false --ip-masq=false --bridge=none >"$cache/dockerd.log" 2>&1 &
-    local i
-    for i in $(seq 1 60); do
+    for _ in $(seq 1 60); do
         if "$DOCKER" info >/dev/null 2>&1; then
             return 0
         fi
@@ -131,6 +130,7 @@ build_image() {
         --build-arg INSTALL_OLLAMA=false)
     # This network intercepts TLS: hand the host's CA bundle to the build as a secret.
     if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+        # shellcheck disable=SC2054  # one --secret value, the commas are its syntax
         args+=(--secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt)
     fi
     # shellcheck disable=SC2206
