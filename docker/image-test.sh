@@ -24,7 +24,8 @@
 #   IMAGE_TEST_PORT       host port of the worker (host network)     (18080)
 #   IMAGE_TEST_READY_TIMEOUT  seconds to wait for /readyz            (300)
 #   IMAGE_TEST_BUILD      0 to skip the build (test an existing tag)  (1)
-#   IMAGE_TEST_JOB        auto | 1 | 0: send a job through Pub/Sub   (auto: when PUBSUB_EMULATOR_HOST is set)
+#   IMAGE_TEST_JOB        auto | 1 | 0: send a job through Pub/Sub   (auto: PUBSUB_EMULATOR_HOST,
+#                         else the emulator when google-cloud-cli-pubsub-emulator is installed)
 #   PUBSUB_EMULATOR_HOST  host:port of the Pub/Sub emulator, reachable from the host network
 #   GOOGLE_CLOUD_PROJECT, TABULAR_JOBS_TOPIC, TABULAR_JOBS_SUBSCRIPTION, TABULAR_RESULTS_TOPIC
 #   IMAGE_TEST_PYTHON     Python with google-cloud-pubsub for the job check (.venv/bin/python)
@@ -143,6 +144,31 @@ build_image() {
     say "built $tag in $((end - start)) s"
 }
 
+emulator_pid=""
+# Starts the Pub/Sub emulator on loopback when a job check is wanted and no endpoint was given.
+start_emulator() {
+    local launcher
+    launcher=$(dpkg -L google-cloud-cli-pubsub-emulator 2>/dev/null | grep -E '/bin/cloud-pubsub-emulator$' | head -n1 || true)
+    if [ -z "$launcher" ]; then
+        say "no Pub/Sub emulator installed (google-cloud-cli-pubsub-emulator): job check skipped"
+        return 1
+    fi
+    local port=${IMAGE_TEST_PUBSUB_PORT:-18085}
+    "$launcher" --host=127.0.0.1 --port="$port" >"$cache/pubsub-emulator.log" 2>&1 &
+    emulator_pid=$!
+    for _ in $(seq 1 60); do
+        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$port" 2>/dev/null; then
+            export PUBSUB_EMULATOR_HOST=127.0.0.1:$port
+            export GOOGLE_CLOUD_PROJECT=${GOOGLE_CLOUD_PROJECT:-tabular-image-test}
+            export TABULAR_CREATE_RESOURCES=${TABULAR_CREATE_RESOURCES:-true}
+            say "Pub/Sub emulator on $PUBSUB_EMULATOR_HOST"
+            return 0
+        fi
+        sleep 1
+    done
+    fail "the Pub/Sub emulator did not start (log: $cache/pubsub-emulator.log)"
+}
+
 container=""
 cleanup() {
     if [ -n "$container" ] && [ "${IMAGE_TEST_KEEP:-0}" != 1 ]; then
@@ -150,6 +176,11 @@ cleanup() {
     fi
     if [ -n "$wheel_server_pid" ]; then
         kill "$wheel_server_pid" 2>/dev/null || true
+    fi
+    if [ -n "$emulator_pid" ]; then
+        # the launcher script runs java as its child: stop both
+        pkill -TERM -P "$emulator_pid" 2>/dev/null || true
+        kill "$emulator_pid" 2>/dev/null || true
     fi
 }
 
@@ -167,7 +198,7 @@ EOF
 }
 
 run_checks() {
-    local tag=$1
+    local tag=$1 want_job=$2
     local port=${IMAGE_TEST_PORT:-18080}
     local models=${IMAGE_TEST_MODELS:-$cache/models}
     mkdir -p "$models"
@@ -210,11 +241,7 @@ run_checks() {
         "http://127.0.0.1:$port/metrics" || fail "/metrics has no tabular_ series"
     say "ok: /healthz 200, /metrics has tabular_ series"
 
-    local want_job=${IMAGE_TEST_JOB:-auto}
-    if [ "$want_job" = auto ]; then
-        want_job=0
-        [ -n "${PUBSUB_EMULATOR_HOST:-}" ] && want_job=1
-    fi
+
     if [ "$want_job" = 1 ]; then
         [ -n "${PUBSUB_EMULATOR_HOST:-}" ] || fail "IMAGE_TEST_JOB=1 needs PUBSUB_EMULATOR_HOST"
         local py=${IMAGE_TEST_PYTHON:-$root/.venv/bin/python}
@@ -261,7 +288,21 @@ main() {
         serve_wheels
         build_image "$tag"
     fi
-    run_checks "$tag"
+    # Job round trip: IMAGE_TEST_JOB=auto (default) uses PUBSUB_EMULATOR_HOST or starts the
+    # emulator when it is installed; 1 requires it; 0 skips it.
+    local want_job=${IMAGE_TEST_JOB:-auto}
+    if [ "$want_job" != 0 ] && [ -z "${PUBSUB_EMULATOR_HOST:-}" ]; then
+        if start_emulator; then
+            want_job=1
+        elif [ "$want_job" = 1 ]; then
+            fail "IMAGE_TEST_JOB=1 but there is no Pub/Sub endpoint"
+        else
+            want_job=0
+        fi
+    elif [ "$want_job" = auto ]; then
+        want_job=$([ -n "${PUBSUB_EMULATOR_HOST:-}" ] && echo 1 || echo 0)
+    fi
+    run_checks "$tag" "$want_job"
     say "PASS"
 }
 

@@ -20,7 +20,8 @@ INFRA_APT_PACKAGES := shellcheck
 TABULAR_IMAGE ?= tabular
 TABULAR_TAG ?= dev
 TABULAR_IMAGE_TEST ?= 1
-DOCKER ?= docker
+# Debian's docker.io client where present: a newer client without buildx cannot use BuildKit.
+DOCKER ?= $(shell test -x /usr/bin/docker && echo /usr/bin/docker || echo docker)
 DOCKER_BUILD_ARGS ?=
 INFRA_PY ?= python3
 
