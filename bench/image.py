@@ -53,6 +53,8 @@ class Build:
     steps_run: int
     steps_cached: int
     run_steps: list[str] = field(default_factory=list)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    uv_lines: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,12 +133,14 @@ class Engine:
 
 
 _STEP = re.compile(r"^#(\d+) \[([^\]]+)\] (.*)$")
+_UV_LINE = re.compile(r"(Prepared|Installed|Resolved|Bytecode compiled) \d+ (package|file)")
 
 
 def _parse_progress(log: str, scenario: str, seconds: float) -> Build:
     names: dict[str, str] = {}
     cached: set[str] = set()
-    done: set[str] = set()
+    done: dict[str, float] = {}
+    uv_lines: list[str] = []
     for line in log.splitlines():
         m = _STEP.match(line)
         if m:
@@ -147,12 +151,14 @@ def _parse_progress(log: str, scenario: str, seconds: float) -> Build:
             if parts[1] == "CACHED":
                 cached.add(parts[0][1:])
             elif parts[1] == "DONE":
-                done.add(parts[0][1:])
+                done[parts[0][1:]] = float(parts[2].rstrip("s")) if len(parts) > 2 else 0.0
+            elif _UV_LINE.search(line):
+                uv_lines.append(" ".join(parts[2:]))
     steps = {n for n in names if not names[n].startswith("[internal]")}
     # stage bases ("FROM") are reported DONE without work: they are not rebuilt steps
     ran = [
         n
-        for n in sorted((steps & done) - cached, key=int)
+        for n in sorted((steps & set(done)) - cached, key=int)
         if not names[n].split("] ", 1)[1].startswith("FROM ")
     ]
     return Build(
@@ -161,6 +167,8 @@ def _parse_progress(log: str, scenario: str, seconds: float) -> Build:
         steps_run=len(ran),
         steps_cached=len(steps & cached),
         run_steps=[names[n] for n in ran],
+        step_seconds={names[n]: done[n] for n in ran},
+        uv_lines=uv_lines,
     )
 
 
@@ -286,11 +294,13 @@ def markdown(report: Report) -> str:
     ]
     for size, created in report.layers:
         lines.append(f"| {size:,} | {_mb(size)} | `{created}` |")
-    lines += ["", "Steps rebuilt per scenario:", ""]
+    lines += ["", "Steps rebuilt per scenario (seconds as BuildKit reports them):", ""]
     for b in report.builds:
         if b.scenario != "cold":
-            steps = "; ".join(f"`{s}`" for s in b.run_steps) or "none"
-            lines.append(f"- {b.scenario}: {steps}")
+            steps = "; ".join(f"`{s}` {b.step_seconds.get(s, 0):.1f}" for s in b.run_steps)
+            lines.append(f"- {b.scenario}: {steps or 'none'}")
+        if b.uv_lines:
+            lines.append(f"  - uv ({b.scenario}): " + "; ".join(b.uv_lines))
     lines.append(MARK_END)
     return "\n".join(lines) + "\n"
 
