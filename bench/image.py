@@ -13,7 +13,8 @@ scratch copy of the context, so the repository is never modified. Scenarios, in 
 5. dependency change, cold uv cache: the same after pruning only the cache mounts
 
 Prints a Markdown report; --write replaces the block between the image-bench markers in the given
-file.
+file. vfs stores a full filesystem copy per layer: the run needs about 45 GB free under
+/var/tmp/tabular-image-cache and drops its image and build cache afterwards (unless --keep).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ IMAGE_TEST = ROOT / "docker" / "image-test.sh"
 MARK_START = "<!-- image-bench:start -->"
 MARK_END = "<!-- image-bench:end -->"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+MIN_FREE_GB = 45
 COPY_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", ".venv-*", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"
 )
@@ -79,6 +81,7 @@ class Engine:
         ).stdout
         values = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
         self.docker = values["DOCKER"]
+        self.started = values.get("STARTED") == "1"
         self.env = {**os.environ, "DOCKER_HOST": values["DOCKER_HOST"], "DOCKER_BUILDKIT": "1"}
 
     def run(self, *args: str, check: bool = True) -> str:
@@ -144,7 +147,7 @@ def _parse_progress(log: str, scenario: str, seconds: float) -> Build:
     for line in log.splitlines():
         m = _STEP.match(line)
         if m:
-            names[m.group(1)] = f"[{m.group(2)}] {m.group(3)[:70]}"
+            names[m.group(1)] = f"[{m.group(2)}] {' '.join(m.group(3).split())[:70]}"
             continue
         parts = line.split()
         if len(parts) >= 2 and parts[0].startswith("#") and parts[0][1:].isdigit():
@@ -213,9 +216,22 @@ def _history(engine: Engine, tag: str) -> list[tuple[int, str]]:
     return layers
 
 
-def run(context: Path, wheel_dir: Path, skip_cold: bool) -> Report:
+def run(context: Path, wheel_dir: Path, skip_cold: bool, keep: bool) -> Report:
     engine = Engine()
     tag = "tabular:bench"
+    # vfs keeps a full filesystem copy per layer and snapshot: the five builds need about 45 GB.
+    subprocess.run([str(IMAGE_TEST), "space", str(MIN_FREE_GB)], check=True)
+    try:
+        return _measure(engine, tag, context, wheel_dir, skip_cold)
+    finally:
+        if not keep:
+            engine.run("image", "rm", "-f", tag, check=False)
+            engine.run("builder", "prune", "-af", check=False)
+        if engine.started:
+            subprocess.run([str(IMAGE_TEST), "stop"], check=False)
+
+
+def _measure(engine: Engine, tag: str, context: Path, wheel_dir: Path, skip_cold: bool) -> Report:
     with tempfile.TemporaryDirectory(prefix="tabular-bench-") as tmp:
         work = Path(tmp) / "ctx"
         shutil.copytree(context, work, ignore=COPY_IGNORE)
@@ -296,7 +312,9 @@ def markdown(report: Report) -> str:
         lines.append(f"| {size:,} | {_mb(size)} | `{created}` |")
     lines += ["", "Steps rebuilt per scenario (seconds as BuildKit reports them):", ""]
     for b in report.builds:
-        if b.scenario != "cold":
+        if b.scenario == "cold":
+            lines.append(f"- cold: all {b.steps_run} steps")
+        else:
             steps = "; ".join(f"`{s}` {b.step_seconds.get(s, 0):.1f}" for s in b.run_steps)
             lines.append(f"- {b.scenario}: {steps or 'none'}")
         if b.uv_lines:
@@ -322,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel-dir", type=Path, default=Path("/opt/wheels"))
     parser.add_argument("--write", type=Path, help="update the image-bench block of this file")
     parser.add_argument("--json", type=Path, help="also write the raw numbers as JSON")
-    parser.add_argument("--skip-cold", action="store_true", help="keep the build cache")
+    parser.add_argument("--skip-cold", action="store_true", help="start from the build cache")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the image and build cache afterwards"
+    )
     args = parser.parse_args(argv)
-    report = run(args.context.resolve(), args.wheel_dir, args.skip_cold)
+    report = run(args.context.resolve(), args.wheel_dir, args.skip_cold, args.keep)
     block = markdown(report)
     sys.stdout.write(block)
     if args.json:

@@ -4,6 +4,8 @@
 #   docker/image-test.sh [IMAGE_TAG]                 # everything: engine, base, build, run, checks
 #   docker/image-test.sh engine                      # only start the engine; prints DOCKER_HOST
 #   docker/image-test.sh stop                        # stop the engine this script started
+#   docker/image-test.sh space [GB]                  # prune the build cache if less is free
+#   docker/image-test.sh prune                       # drop the build cache and dangling images
 #
 # What it does (the machine recipe of shared/NOTES.md, "Images"):
 #   1. installs docker.io and mmdebstrap from Debian if missing, and starts Debian's dockerd with
@@ -31,6 +33,9 @@
 #   IMAGE_TEST_PYTHON     Python with google-cloud-pubsub for the job check (.venv/bin/python)
 #   DOCKER_BUILD_ARGS     extra `docker build` arguments
 #   IMAGE_TEST_KEEP=1     leave the container running for inspection
+#   IMAGE_TEST_KEEP_ENGINE=1  leave an engine this script started running (the build cache is
+#                         kept on disk either way)
+#   IMAGE_TEST_MIN_FREE_GB  free space needed before a build; the cache is pruned below it (25)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,16 +65,19 @@ ensure_packages() {
     [ -x "$DOCKER" ] && [ -x "$DOCKERD" ] || fail "docker.io is installed but its binaries are missing"
 }
 
+started_engine=0
 start_engine() {
     mkdir -p "$cache/data" "$cache/models"
     if "$DOCKER" info >/dev/null 2>&1; then
         return 0
     fi
+    started_engine=1
     # exec-root holds unix sockets: keep its path short.
     local exec_root=/run/tabular-dockerd
     mkdir -p "$exec_root"
     say "starting dockerd (vfs) under $cache"
-    "$DOCKERD" --storage-driver=vfs --data-root="$cache/data" --exec-root="$exec_root" \
+    # its own session: it outlives the shell that started it until `stop` (or this script's end)
+    setsid "$DOCKERD" --storage-driver=vfs --data-root="$cache/data" --exec-root="$exec_root" \
         --pidfile="$cache/dockerd.pid" --host="$DOCKER_HOST" \
         --iptables=false --ip-masq=false --bridge=none >"$cache/dockerd.log" 2>&1 &
     for _ in $(seq 1 60); do
@@ -107,6 +115,19 @@ ensure_base() {
     "$DOCKER" import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         -c 'CMD ["python3"]' "$tarball" "$base" >/dev/null
     say "imported the stand-in $base"
+}
+
+# vfs stores every layer and build snapshot as a full copy of the filesystem: one cold build of
+# this image takes about 15 GB. Prune the build cache when free space runs low.
+free_gb() { df -Pk "$cache" | awk 'NR == 2 { print int($4 / 1048576) }'; }
+ensure_space() {
+    local need=${1:-${IMAGE_TEST_MIN_FREE_GB:-25}}
+    if [ "$(free_gb)" -lt "$need" ]; then
+        say "only $(free_gb) GB free under $cache: pruning the build cache and dangling images"
+        "$DOCKER" builder prune -af >/dev/null || true
+        "$DOCKER" image prune -f >/dev/null || true
+    fi
+    [ "$(free_gb)" -ge "$need" ] || fail "a vfs build needs ${need} GB free under $cache; $(free_gb) GB left"
 }
 
 wheel_server_pid=""
@@ -176,6 +197,9 @@ cleanup() {
     fi
     if [ -n "$wheel_server_pid" ]; then
         kill "$wheel_server_pid" 2>/dev/null || true
+    fi
+    if [ "$started_engine" = 1 ] && [ "${IMAGE_TEST_KEEP_ENGINE:-0}" != 1 ]; then
+        stop_engine
     fi
     if [ -n "$emulator_pid" ]; then
         # the launcher script runs java as its child: stop both
@@ -268,11 +292,23 @@ main() {
             start_engine
             echo "DOCKER_HOST=$DOCKER_HOST"
             echo "DOCKER=$DOCKER"
+            echo "STARTED=$started_engine"
             return 0
             ;;
         base)
             start_engine
             ensure_base
+            return 0
+            ;;
+        space)
+            start_engine
+            ensure_space "${2:-}"
+            return 0
+            ;;
+        prune)
+            start_engine
+            "$DOCKER" builder prune -af
+            "$DOCKER" image prune -f
             return 0
             ;;
         stop)
@@ -285,6 +321,7 @@ main() {
     start_engine
     ensure_base
     if [ "${IMAGE_TEST_BUILD:-1}" = 1 ]; then
+        ensure_space
         serve_wheels
         build_image "$tag"
     fi
