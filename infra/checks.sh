@@ -43,7 +43,9 @@ check "checkov dockerfile" "$(tool checkov)" --quiet --compact --skip-download \
 check "checkov terraform" "$(tool checkov)" --quiet --compact --skip-download \
     --framework terraform -d infra/terraform
 check "trivy config" "$(tool trivy)" config --quiet --skip-check-update --skip-version-check \
-    --severity HIGH,CRITICAL --exit-code 1 --ignorefile infra/trivyignore.yaml --file-patterns 'dockerfile:Dockerfile.*' .
+    --severity HIGH,CRITICAL --exit-code 1 --ignorefile infra/trivyignore.yaml \
+    --skip-dirs .git,.venv,.venv-infra,.mypy_cache,.ruff_cache,.pytest_cache,tests,node_modules \
+    --file-patterns 'dockerfile:Dockerfile.*' .
 check "terraform fmt -check" "$(tool terraform)" fmt -check -diff -recursive infra/terraform
 check "check-jsonschema cloudrun" "$(tool check-jsonschema)" \
     --schemafile infra/schemas/cloudrun-worker.schema.json infra/tabular-config.yaml
