@@ -73,12 +73,13 @@ class Report:
 
 class Engine:
     def __init__(self) -> None:
-        out = subprocess.run([str(IMAGE_TEST), "base"], capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise SystemExit(f"engine/base setup failed:\n{out.stderr}")
+        # `engine` first: it reports whether this run started the engine (then we stop it).
         env = subprocess.run(
             [str(IMAGE_TEST), "engine"], capture_output=True, text=True, check=True
         ).stdout
+        out = subprocess.run([str(IMAGE_TEST), "base"], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"stand-in base setup failed:\n{out.stderr}")
         values = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
         self.docker = values["DOCKER"]
         self.started = values.get("STARTED") == "1"
