@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 APT_PACKAGES := prometheus prometheus-pushgateway
 
-.PHONY: demo test lint typecheck pytest venv apt-deps bench bench-cache clean
+.PHONY: demo test lint typecheck pytest venv apt-deps bench bench-cache bench-pubsub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,3 +50,8 @@ bench-cache: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+bench-pubsub: venv
+	$(BIN)/python bench/pubsub.py
+
+include infra/infra.mk
