@@ -62,7 +62,7 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 
 
 def settings_for(cache: Path, **overrides: object) -> Settings:
-    return Settings.from_env({}, model_cache_path=str(cache), **overrides)  # type: ignore[arg-type]
+    return Settings.from_env({}, model_cache_path=str(cache), **overrides)
 
 
 def bench_sync(work: Path, repeat: int) -> dict[str, float]:
@@ -142,9 +142,11 @@ def bench_load(cache: Path, work: Path, repeat: int) -> dict[str, float]:
     for strategy in ("copy", "mount"):
         settings = settings_for(cache, model_load_strategy=strategy, embedding_model="minilm",
                                 local_model_dir=str(work / f"local-{strategy}"))  # fmt: skip
-        out[f"{strategy}_s"] = median_time(
-            lambda s=settings: load_cached(s, cache, entry, state.generation), repeat
-        )
+
+        def load(s: Settings = settings) -> object:
+            return load_cached(s, cache, entry, state.generation)
+
+        out[f"{strategy}_s"] = median_time(load, repeat)
     out["copy_over_mount"] = out["copy_s"] / out["mount_s"]
     return out
 
