@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from worker import logs
-from worker.settings import Settings, SettingsError
+from worker.settings import for_command
 
 log = logs.get("sync.cli")
 
@@ -40,13 +40,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        logs.setup()
-        log.error(str(exc))
+    settings = for_command()
+    if settings is None:
         return 2
-    logs.setup(settings.log_level)
     root = Path(args.cache or settings.model_cache_path)
     if args.command == "verify":
         return _verify(root)

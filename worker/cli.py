@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import BinaryIO
 
 from worker import logs
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings, for_command
 
 log = logs.get("worker.cli")
 
@@ -52,14 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        logs.setup()
-        log.error(str(exc))
+    settings = for_command()
+    if settings is None:
         return 2
-    logs.setup(settings.log_level)
     if args.command == "run":
         return _run(settings, args)
     if args.command == "serve":

@@ -248,3 +248,21 @@ def env_table() -> list[tuple[str, str, str]]:
     return [
         (f.metadata["env"], str(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)
     ]
+
+
+def for_command() -> Settings | None:
+    """Settings for a CLI command, with JSON logging set up either way.
+
+    None means a variable is invalid: that has been logged (one JSON line) and the command
+    should exit 2.
+    """
+    from worker import logs
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        logs.setup()
+        logs.get("settings").error(str(exc))
+        return None
+    logs.setup(settings.log_level)
+    return settings
