@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker import logs
 from worker.settings import for_command
+
+if TYPE_CHECKING:
+    from sync.run import SyncResult
 
 log = logs.get("sync.cli")
 
@@ -59,10 +63,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "once":
         from sync.run import sync_once
 
-        return 0 if sync_once(root, specs, settings, only=args.only, force=args.force).ok else 1
+        result = sync_once(root, specs, settings, only=args.only, force=args.force)
+        push_metrics(root, result, settings)
+        return 0 if result.ok else 1
     from sync.listen import listen
 
     return listen(root, specs, settings)
+
+
+def push_metrics(root: Path, result: SyncResult, settings: Settings) -> bool:
+    """Push one run's metrics to TABULAR_PUSHGATEWAY_URL (replacing the `tabular-sync` group).
+
+    A push that fails is logged and does not change the exit code: the sync itself is recorded
+    in sync-status.json, which workers export too.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from sync.metrics import SyncMetrics
+    from sync.run import cache_status
+
+    # A registry of its own: a finished process's process_*/python_* series mean nothing there.
+    metrics = SyncMetrics(CollectorRegistry(), quota_bytes=settings.cache_quota_bytes or None)
+    metrics.count_run(result)
+    metrics.set_status(cache_status(root))
+    gateway = settings.pushgateway_url
+    if not gateway:
+        log.info("Sync metrics not pushed: TABULAR_PUSHGATEWAY_URL is not set")
+        return False
+    try:
+        metrics.push(gateway, timeout=30)
+    except Exception as exc:
+        log.error("Could not push sync metrics", extra={"gateway": gateway, "error": repr(exc)})
+        return False
+    log.info("Sync metrics pushed", extra={"gateway": gateway, "outcome": result.outcome})
+    return True
 
 
 def _verify(root: Path) -> int:

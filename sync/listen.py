@@ -5,10 +5,14 @@ Cloud Scheduler publishes to the refresh topic; its payload may name models
 Events are serialised by flow control (one leased message) and a lock, and each is acked only
 after its sync finished, so a crashed listener's event is redelivered. A sync failure still
 acks: the outcome is in sync-status.json and the next scheduled event retries.
+
+The listener serves /metrics (`SyncMetrics`, updated after each sync), /healthz and /readyz on
+TABULAR_SYNC_METRICS_PORT with the worker's `HealthServer`, on an event loop in its own thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections.abc import Mapping, Sequence
@@ -17,8 +21,10 @@ from typing import Any
 
 import orjson
 
-from sync.run import ModelSpec, SyncResult, sync_once
+from sync.metrics import SyncMetrics
+from sync.run import ModelSpec, SyncResult, cache_status, sync_once
 from worker import logs
+from worker.health import HealthServer, ReadinessProbe
 from worker.settings import Settings
 
 log = logs.get(__name__)
@@ -52,15 +58,23 @@ def resource_path(kind: str, name: str, project: str) -> str:
 
 
 class Listener:
-    def __init__(self, root: Path, specs: Sequence[ModelSpec], settings: Settings) -> None:
+    def __init__(
+        self,
+        root: Path,
+        specs: Sequence[ModelSpec],
+        settings: Settings,
+        metrics: SyncMetrics | None = None,
+    ) -> None:
         from google.cloud import pubsub_v1
 
         self.root = root
         self.specs = list(specs)
         self.settings = settings
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._publisher = pubsub_v1.PublisherClient() if settings.refresh_complete_topic else None
         self.syncs = 0
+        self.last_outcome = ""
 
     def handle(self, message: Any) -> None:
         """Pub/Sub callback (a client thread): run the sync, announce it, then ack."""
@@ -69,6 +83,10 @@ class Listener:
             log.info("Refresh event", extra={"message_id": message.message_id, "models": only})
             result = sync_once(self.root, self.specs, self.settings, only=only)
             self.syncs += 1
+            self.last_outcome = result.outcome
+            if self.metrics is not None:
+                self.metrics.count_run(result)
+                self.metrics.set_status(cache_status(self.root))
             self._announce(result, message.message_id)
             message.ack()
 
@@ -90,16 +108,53 @@ class Listener:
                  "generation": result.generation})  # fmt: skip
 
 
+class HttpThread:
+    """`HealthServer` on an event loop of its own, in a daemon thread."""
+
+    def __init__(self, port: int, readiness: ReadinessProbe) -> None:
+        self.server = HealthServer(port, readiness)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
+
+    def start(self) -> None:
+        """Bind the port (raises OSError when it cannot), then serve in the thread."""
+        self._loop.run_until_complete(self.server.start())
+        self._thread.start()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
 def listen(root: Path, specs: Sequence[ModelSpec], settings: Settings) -> int:
     """Block until SIGTERM/SIGINT; returns the exit code."""
     from google.cloud import pubsub_v1
 
-    listener = Listener(root, specs, settings)
+    metrics = SyncMetrics(quota_bytes=settings.cache_quota_bytes or None)
+    metrics.set_status(cache_status(root))  # the state before the first event
+    listener = Listener(root, specs, settings, metrics)
+    stop = threading.Event()
+    streaming: list[Any] = []  # the subscribe() future, once the stream is opened
+
+    def readiness() -> tuple[bool, dict[str, Any]]:
+        ready = bool(streaming) and not streaming[0].done() and not stop.is_set()
+        return ready, {"syncs": listener.syncs, "last_outcome": listener.last_outcome}
+
+    http = HttpThread(settings.sync_metrics_port, readiness)
+    try:
+        http.start()
+    except OSError as exc:
+        log.error("Cannot serve metrics", extra={"port": settings.sync_metrics_port,
+                  "error": str(exc)})  # fmt: skip
+        return 1
     subscriber = pubsub_v1.SubscriberClient()
     subscription = resource_path("subscriptions", settings.refresh_subscription, settings.project)
     flow = pubsub_v1.types.FlowControl(max_messages=1, max_lease_duration=MAX_LEASE_SECONDS)
     future = subscriber.subscribe(subscription, listener.handle, flow_control=flow)
-    stop = threading.Event()
+    streaming.append(future)
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
@@ -108,7 +163,7 @@ def listen(root: Path, specs: Sequence[ModelSpec], settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("Listening for refresh events", extra={"subscription": subscription,
-             "models": [s.name for s in specs]})  # fmt: skip
+             "models": [s.name for s in specs], "metrics_port": http.server.port})  # fmt: skip
     try:
         future.result()
     except Exception as exc:
@@ -117,5 +172,6 @@ def listen(root: Path, specs: Sequence[ModelSpec], settings: Settings) -> int:
             return 1
     finally:
         subscriber.close()
+        http.stop()
     log.info("Listener stopped", extra={"syncs": listener.syncs})
     return 0

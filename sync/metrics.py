@@ -13,8 +13,12 @@ cannot be registered on one registry; each process uses its own.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, push_to_gateway
+
+if TYPE_CHECKING:
+    from sync.run import CacheStatus, SyncResult
 
 #: The `job` label sync runs push under (the Pushgateway's grouping key).
 PUSH_JOB = "tabular-sync"
@@ -82,6 +86,22 @@ class SyncMetrics:
                 registry=self.registry,
             )
         self.cache_quota_bytes.set(quota_bytes)
+
+    def count_run(self, result: SyncResult) -> None:
+        """One finished run: its outcome, what it wrote and how long it took."""
+        self.runs.labels("success" if result.ok else "failure").inc()
+        self.bytes.inc(result.bytes)
+        self.files.inc(result.files)
+        self.duration_seconds.set(result.duration_seconds)
+
+    def set_status(self, status: CacheStatus | None) -> None:
+        """The gauges that carry state across runs, from the cache's sync-status.json."""
+        if status is None:
+            return
+        self.consecutive_failures.set(status.consecutive_failures)
+        self.last_success.set(status.last_success_unix)
+        if status.size_bytes is not None:
+            self.cache_size_bytes.set(status.size_bytes)
 
     def push(
         self,

@@ -323,6 +323,44 @@ def read_status(root: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@dataclass(frozen=True)
+class CacheStatus:
+    """The facts metrics report about a cache: from sync-status.json, the size from the manifest
+    when an older status file does not carry it."""
+
+    last_success_unix: float  # 0: no successful sync recorded
+    consecutive_failures: int
+    size_bytes: int | None  # None: no committed manifest
+
+
+def manifest_size(root: Path) -> int | None:
+    """Bytes the committed manifest accounts for (each tree once), None without a valid one."""
+    state = read_cache(root, retry_delay=0)
+    if not state.valid or state.manifest is None:
+        return None
+    trees = {m.location: m.size for m in state.manifest.models}
+    return sum(trees.values())
+
+
+def cache_status(root: Path) -> CacheStatus | None:
+    """What sync-status.json says (None when the cache has none): cheap, one small read."""
+    status = read_status(root)
+    if not status:
+        return None
+    last = _number(status.get("last_success_unix"))
+    failures = _number(status.get("consecutive_failures"))
+    size = _number(status.get("cache_size_bytes"))
+    return CacheStatus(
+        last_success_unix=last or 0.0,
+        consecutive_failures=int(failures or 0),
+        size_bytes=int(size) if size is not None else manifest_size(root),
+    )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _record_status(root: Path, result: SyncResult) -> None:
     """sync-status.json lets an alert see failures without a long-lived process to ask."""
     try:
@@ -337,7 +375,7 @@ def _record_status(root: Path, result: SyncResult) -> None:
             "consecutive_failures": 0 if ok else int(previous.get("consecutive_failures", 0)) + 1,
             "generation": result.generation, "run_id": result.run_id,
             "duration_seconds": result.duration_seconds, "files": result.files,
-            "bytes": result.bytes,
+            "bytes": result.bytes, "cache_size_bytes": manifest_size(root),
         }  # fmt: skip
         scratch = root / TMP_DIR / f"{result.run_id}-status"
         scratch.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,8 @@ def test_sigkill_mid_run_keeps_previous_generation_and_next_run_completes(tmp_pa
     finally:
         hub.stop()
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    finished = [orjson.loads(line) for line in rerun.stderr.splitlines()][-1]
+    lines = [orjson.loads(line) for line in rerun.stderr.splitlines()]
+    (finished,) = [e for e in lines if e["message"] == "Sync finished"]
     by_name = {m["name"]: m for m in finished["models"]}
     assert by_name["minilm"]["files_skipped"] > 0, "the killed run's published files are reused"
     state = read_cache(cache)

@@ -28,11 +28,14 @@ class HealthServer:
         readiness: ReadinessProbe,
         registry: CollectorRegistry = REGISTRY,
         host: str = "0.0.0.0",
+        on_scrape: Callable[[], None] | None = None,
     ) -> None:
         self.port = port
         self.host = host
         self._readiness = readiness
         self._registry = registry
+        # Refreshes gauges just before /metrics is rendered (in a thread: it may read files).
+        self._on_scrape = on_scrape
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -49,7 +52,10 @@ class HealthServer:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            status, ctype, body = self._route(method, path.split("?", 1)[0])
+            path = path.split("?", 1)[0]
+            if path == "/metrics" and self._on_scrape is not None:
+                await self._refresh()
+            status, ctype, body = self._route(method, path)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -60,6 +66,13 @@ class HealthServer:
             pass
         finally:
             writer.close()
+
+    async def _refresh(self) -> None:
+        assert self._on_scrape is not None
+        try:
+            await asyncio.to_thread(self._on_scrape)
+        except Exception as exc:  # stale gauges are better than no /metrics
+            log.warning("Refreshing metrics failed", extra={"error": repr(exc)})
 
     def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
         if method not in ("GET", "HEAD"):

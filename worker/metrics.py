@@ -22,6 +22,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+#: Job types whose ok series are created at 0 when the metrics are.
+JOB_TYPES = ("embed", "classify")
 
 
 class WorkerMetrics:
@@ -37,6 +39,10 @@ class WorkerMetrics:
         )
         self.rows = Counter("tabular_rows", "Table rows processed, by job type.", ["type"],
                             registry=r)  # fmt: skip
+        for job_type in JOB_TYPES:
+            # The ok series exist at 0 from the start, so rate()/increase() see the first jobs.
+            self.jobs.labels(job_type, "ok", "")
+            self.rows.labels(job_type)
         self.queue_seconds = Histogram(
             "tabular_job_queue_seconds",
             "Time from publish to the worker starting the job (Pub/Sub publish_time).",
@@ -120,3 +126,12 @@ class WorkerMetrics:
         self.cache_size_bytes = Gauge(
             "tabular_cache_size_bytes", "Bytes the cache's manifest accounts for.", registry=r
         )
+
+    def set_sync_status(
+        self, last_success_unix: float, consecutive_failures: int, cache_size_bytes: int | None
+    ) -> None:
+        """The sync gauges, from the cache's sync-status.json (`modelstore.export_sync_status`)."""
+        self.sync_last_success.set(last_success_unix)
+        self.sync_consecutive_failures.set(consecutive_failures)
+        if cache_size_bytes is not None:
+            self.cache_size_bytes.set(cache_size_bytes)

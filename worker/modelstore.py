@@ -95,6 +95,24 @@ def cache_snapshot(settings: Settings, model: EmbeddingModel) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def export_sync_status(settings: Settings, metrics: WorkerMetrics) -> None:
+    """Set the sync/cache gauges from the cache's sync-status.json, read through `sync`.
+
+    Cheap (one small file read, plus the manifest only for a status file older than the
+    `cache_size_bytes` field); the worker calls it whenever /metrics is scraped.
+    """
+    root = Path(settings.model_cache_path)
+    if not settings.shared_model_volume_enabled or not root.is_dir():
+        return
+    from sync.run import cache_status
+
+    status = cache_status(root)
+    if status is not None:
+        metrics.set_sync_status(
+            status.last_success_unix, status.consecutive_failures, status.size_bytes
+        )
+
+
 def current_generation(settings: Settings) -> int | None:
     """The committed cache generation (one small read of `.done`), None without a valid marker."""
     if not settings.shared_model_volume_enabled:

@@ -8,6 +8,7 @@ first, then lets the dead-letter policy take the message, so every job_id is ans
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from collections import OrderedDict
@@ -21,7 +22,12 @@ from worker import logs, transport
 from worker.classify import LlmClassifier
 from worker.health import HealthServer
 from worker.metrics import WorkerMetrics
-from worker.modelstore import CacheReloader, cache_snapshot, load_embedding_model
+from worker.modelstore import (
+    CacheReloader,
+    cache_snapshot,
+    export_sync_status,
+    load_embedding_model,
+)
 from worker.ollama_state import OllamaState
 from worker.pipeline import Outcome, Pipeline
 from worker.settings import Settings
@@ -95,7 +101,9 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        health = HealthServer(self.settings.port, self.readiness)
+        # The sync/cache gauges are read from sync-status.json whenever /metrics is scraped.
+        refresh = functools.partial(export_sync_status, self.settings, self.metrics)
+        health = HealthServer(self.settings.port, self.readiness, on_scrape=refresh)
         await health.start()
         try:
             return await self._serve()

@@ -101,6 +101,21 @@ class Settings:
         "",
         "OLLAMA_MODELS of that server, read by the sync (default <cache>/.tmp/ollama-store).",
     )
+    pushgateway_url: str = _env(
+        "TABULAR_PUSHGATEWAY_URL",
+        "",
+        "Pushgateway `tabular-sync once` pushes its metrics to (host:port or URL; empty: no push).",
+    )
+    sync_metrics_port: int = _env(
+        "TABULAR_SYNC_METRICS_PORT",
+        8080,
+        "HTTP port of `tabular-sync listen` for /metrics, /healthz and /readyz.",
+    )
+    cache_quota_bytes: int = _env(
+        "TABULAR_CACHE_QUOTA_BYTES",
+        0,
+        "Cache size limit the sync exports as tabular_cache_quota_bytes (0: none, no series).",
+    )
     # --- jobs and limits ----------------------------------------------------------------------
     data_root: str = _env("TABULAR_DATA_ROOT", ".", "Root for job `source.path` files.")
     max_rows_per_job: int = _env("TABULAR_MAX_ROWS_PER_JOB", 10_000, "Rows allowed in one job.")
@@ -206,6 +221,8 @@ class Settings:
         ):
             # Fallback copies and downloads must never write into the shared cache.
             raise SettingsError("TABULAR_LOCAL_MODEL_DIR must lie outside MODEL_CACHE_PATH")
+        if self.cache_quota_bytes < 0:
+            raise SettingsError("TABULAR_CACHE_QUOTA_BYTES must be >= 0 (0: no quota)")
         for name in (
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
             "model_copy_readers",
