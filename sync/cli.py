@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worker import logs
-from worker.settings import for_command
+from worker.settings import Settings, for_command
 
 if TYPE_CHECKING:
     from sync.run import SyncResult
