@@ -26,6 +26,11 @@ TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
 JOB_TYPES = ("embed", "classify")
 
 
+def job_type_label(value: str | None) -> str:
+    """A bounded `type` label: jobs that never said a valid type count as `unknown`."""
+    return value if value in ("embed", "classify") else "unknown"
+
+
 class WorkerMetrics:
     """All worker series in one place, registered on one registry (the default in production)."""
 

@@ -19,7 +19,7 @@ from worker import logs
 from worker.batcher import Batcher, ModelError, Vectors
 from worker.classify import LlmClassifier, Prediction, few_shot, normalize, zero_shot
 from worker.jobs import Job, JobError, Limits, decode, load_source
-from worker.metrics import WorkerMetrics
+from worker.metrics import WorkerMetrics, job_type_label
 from worker.model import EmbeddingModel
 from worker.settings import Settings
 
@@ -162,7 +162,7 @@ class Pipeline:
 
     def _count(self, outcome: Outcome) -> None:
         assert self.metrics is not None
-        job_type = outcome.type if outcome.type in ("embed", "classify") else "unknown"
+        job_type = job_type_label(outcome.type)
         if outcome.status == "ok":
             self.metrics.rows.labels(job_type).inc(outcome.rows)
         seconds = outcome.result.get("timings", {}).get("total_ms", 0.0) / 1000

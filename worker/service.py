@@ -21,7 +21,7 @@ from google.cloud import pubsub_v1
 from worker import logs, transport
 from worker.classify import LlmClassifier
 from worker.health import HealthServer
-from worker.metrics import WorkerMetrics
+from worker.metrics import WorkerMetrics, job_type_label
 from worker.modelstore import (
     CacheReloader,
     cache_snapshot,
@@ -264,11 +264,11 @@ class Service:
         cached = self._recent.get(_peek_job_id(msg))
         if cached is not None:
             self.metrics.duplicates.inc()
-            return await self._publish(*cached), _type_label(cached[1].get("type"))
+            return await self._publish(*cached), job_type_label(cached[1].get("type"))
         outcome = await self.pipeline.handle(msg.data)
         fields = {"job_id": outcome.job_id, "delivery_attempt": msg.delivery_attempt,
                   "message_id": msg.message_id}  # fmt: skip
-        job_type = _type_label(outcome.type)
+        job_type = job_type_label(outcome.type)
         if outcome.retryable:
             last = (
                 self.max_delivery_attempts is not None
@@ -305,10 +305,6 @@ class Service:
             return False
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         return True
-
-
-def _type_label(value: str | None) -> str:
-    return value if value in ("embed", "classify") else "unknown"
 
 
 def _peek_job_id(msg: Received) -> str | None:
