@@ -15,7 +15,7 @@ import orjson
 
 from sync.listen import parse_event
 from tests.cache_helpers import ROOT, manifest
-from tests.sync_pubsub import Emulator, pubsub_emulator  # noqa: F401 (fixture)
+from tests.pubsub_fixture import PubSubServer, unique_name
 
 
 class Lines:
@@ -41,37 +41,21 @@ class Lines:
             time.sleep(0.05)
 
 
-def pull_all(emulator: Emulator, subscription: str, within: float) -> list[Any]:
-    """Synchronous pulls for `within` seconds; everything received is acked."""
-    subscriber = emulator.subscriber()
-    got: list[Any] = []
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        response = subscriber.pull(subscription=subscription, max_messages=10, timeout=2.0,
-                                   return_immediately=False)  # fmt: skip
-        if response.received_messages:
-            got += [m.message for m in response.received_messages]
-            subscriber.acknowledge(
-                subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages]
-            )
-    return got
-
-
 def test_one_refresh_event_runs_exactly_one_sync(
-    pubsub_emulator: Emulator,  # noqa: F811 (the fixture imported above)
-    tmp_path: Path,
+    pubsub_server: PubSubServer, tmp_path: Path
 ) -> None:
+    server = pubsub_server
     source = tmp_path / "model"
     source.mkdir()
     (source / "config.json").write_text("{}")
-    refresh = pubsub_emulator.topic("model-refresh")
-    pubsub_emulator.subscription("model-refresh-sub", refresh)
-    complete = pubsub_emulator.topic("model-refresh-complete")
-    watch = pubsub_emulator.subscription("complete-watch", complete)
-    env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-           "GOOGLE_CLOUD_PROJECT": pubsub_emulator.project, "HF_HUB_OFFLINE": "1",
-           "TABULAR_REFRESH_SUBSCRIPTION": "model-refresh-sub",
-           "TABULAR_REFRESH_COMPLETE_TOPIC": "model-refresh-complete",
+    prefix = unique_name("sync")
+    refresh = server.create_topic(f"{prefix}-refresh")
+    server.create_subscription(f"{prefix}-refresh-sub", refresh)
+    complete = server.create_topic(f"{prefix}-complete")
+    watch = server.create_subscription(f"{prefix}-complete-watch", complete)
+    env = {**os.environ, **server.env(), "HF_HUB_OFFLINE": "1",
+           "TABULAR_REFRESH_SUBSCRIPTION": f"{prefix}-refresh-sub",
+           "TABULAR_REFRESH_COMPLETE_TOPIC": f"{prefix}-complete",
            "MODEL_CACHE_PATH": str(tmp_path / "cache"),
            "TABULAR_SYNC_MODELS": f"m=file://{source}"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "sync", "listen"], env=env, cwd=ROOT,
@@ -80,9 +64,9 @@ def test_one_refresh_event_runs_exactly_one_sync(
     try:
         lines.wait("Listening for refresh events")
         # What Cloud Scheduler publishes: its configured body (here not JSON: refresh all).
-        pubsub_emulator.publisher().publish(refresh, b"scheduled refresh").result(30)
+        server.publish(refresh, b"scheduled refresh")
         lines.wait("Refresh complete published")
-        messages = pull_all(pubsub_emulator, watch, within=4.0)
+        messages = [m.message for m in server.drain(watch, wait=4.0)]
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
