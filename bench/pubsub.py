@@ -38,14 +38,19 @@ def make_rows(n: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, 14)) + f" #{i}" for i in range(n)]
 
 
-def raw_rows_per_second(texts: list[str]) -> float:
-    from sentence_transformers import SentenceTransformer
+class RawEncoder:
+    """The baseline: the same model, in this process, `encode` at batch 32."""
 
-    model = SentenceTransformer(str(packaged_model_dir()), device="cpu")
-    model.encode(texts[:64], batch_size=32)
-    started = time.perf_counter()
-    model.encode(texts, batch_size=32)
-    return len(texts) / (time.perf_counter() - started)
+    def __init__(self) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(packaged_model_dir()), device="cpu")
+        self.model.encode(["warm up"] * 64, batch_size=32)
+
+    def rows_per_second(self, texts: list[str]) -> float:
+        started = time.perf_counter()
+        self.model.encode(texts, batch_size=32)
+        return len(texts) / (time.perf_counter() - started)
 
 
 class ResultClock:
@@ -123,9 +128,13 @@ def main() -> None:
         worker = WorkerProcess(env.env(), Path(tmp) / "worker.log").start(180)
         clock = ResultClock(env)
         path_rows_per_second(env, clock, texts[:256], 8, "warm")
-        raw = raw_rows_per_second(texts)
+        # The baseline is measured before and after the path runs and the faster one kept, so
+        # a load spike on the machine cannot flatter the ratios.
+        encoder = RawEncoder()
+        raw_before = encoder.rows_per_second(texts)
         big = path_rows_per_second(env, clock, texts, 64, "r64")
         one = path_rows_per_second(env, clock, texts, 1, "r1")
+        raw = max(raw_before, encoder.rows_per_second(texts))
         lat = sorted(latency(env, clock, rate=one / 2, seconds=args.latency_seconds))
         clock.close()
         worker.stop()
@@ -133,7 +142,7 @@ def main() -> None:
     p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
     print(f"pubsub server: {server.kind}; rows: {args.rows}; cores: {os.cpu_count()}")
     print(f"{'measurement':44} {'rows/s':>9} {'ratio':>7}")
-    print(f"{'raw encode, batch 32':44} {raw:9.1f} {1.0:7.2f}")
+    print(f"{'raw encode, batch 32 (best of before/after)':44} {raw:9.1f} {1.0:7.2f}")
     print(f"{'Pub/Sub path, 64-row jobs':44} {big:9.1f} {big / raw:7.2f}  (target >= 0.90)")
     print(f"{'Pub/Sub path, 1-row jobs':44} {one:9.1f} {one / raw:7.2f}  (target >= 0.75)")
     print(f"latency at {one / 2:.0f} jobs/s (half of 1-row saturation), {len(lat)} jobs: "
