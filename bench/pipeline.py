@@ -51,6 +51,7 @@ COLUMNS = ["customer", "city", "product", "total"]
 Row = list[str | int | float | bool | None]  # a table row, as worker.jobs.Cell
 CONCURRENCY = 64  # jobs in flight, as `tabular-worker run` with the default settings
 TARGET_64 = 0.90
+LONG_ROWS, LONG_TOKENS = 4, 512  # bge-m3 sizing: one forward pass of long rows, for memory
 TARGET_1 = 0.75
 
 # bge-m3 = XLM-RoBERTa large with an 8k position table (BAAI/bge-m3 config.json).
@@ -264,6 +265,9 @@ def sizing_child(n_rows: int, repeats: int, batch_size: int) -> dict[str, Any]:
     Input ids come from the MiniLM WordPiece tokenizer: the same token count per row as the
     pipeline sees (bge-m3's own SentencePiece tokenizer gives a similar count on English text).
     Ids are below 30522, inside XLM-R's vocabulary; with random weights their meaning is moot.
+    Compute and memory depend on the architecture and the sequence lengths, not on the weights.
+    Mean pooling stands in for bge-m3's CLS pooling (a negligible difference in cost). Last, one
+    forward pass over LONG_ROWS random rows of LONG_TOKENS tokens shows the memory long rows add.
     """
     import torch
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
@@ -297,13 +301,23 @@ def sizing_child(n_rows: int, repeats: int, batch_size: int) -> dict[str, Any]:
         run(batch_size, texts[:batch_size])  # warm-up
         runs = [run(batch_size, texts) for _ in range(repeats)]
         runs_b1 = [run(1, texts[:16]) for _ in range(repeats)]
+        peak_short = peak_rss_mb()
+        # Long rows: activations grow with batch x length (attention with length squared).
+        ids = torch.randint(5, 30_000, (LONG_ROWS, LONG_TOKENS))
+        started = time.perf_counter()
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        long_seconds = time.perf_counter() - started
     return {
         "params": params,
         "weights_mb": params * 4 / 1e6,
         "build_seconds": build_seconds,
         "rss_start_mb": rss_start,
         "rss_loaded_mb": rss_loaded,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_short,
+        "long_rows": LONG_ROWS,
+        "long_tokens": LONG_TOKENS,
+        "long_seconds": long_seconds,
+        "peak_rss_long_mb": peak_rss_mb(),
         "batch_size": batch_size,
         "rows": n_rows,
         "runs": runs,
@@ -367,7 +381,10 @@ def report(
           f"(runs {' '.join(f'{r:.1f}' for r in sizing['runs'])}; {sizing['rows']} rows); "
           f"at batch 1: {sizing['rows_per_s_b1']:.1f}")  # fmt: skip
     print(f"  RSS: {sizing['rss_start_mb']:.0f} MB after imports, {sizing['rss_loaded_mb']:.0f} "
-          f"MB with the model built, peak {sizing['peak_rss_mb']:.0f} MB")  # fmt: skip
+          f"MB with the model built, peak {sizing['peak_rss_mb']:.0f} MB on the rows")  # fmt: skip
+    print(f"  one pass of {sizing['long_rows']} rows x {sizing['long_tokens']} tokens: "
+          f"{sizing['long_seconds']:.1f} s, peak RSS then {sizing['peak_rss_long_mb']:.0f} MB "
+          f"(+{sizing['peak_rss_long_mb'] - sizing['peak_rss_mb']:.0f} MB)")  # fmt: skip
     print(f"  vs MiniLM raw batch 32: {sizing['rows_per_s'] / raw32:.3f}x")
 
 

@@ -53,6 +53,11 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("example label unknown", job(type="classify", labels=["p", "q"],
      examples=[{"row": ["x", 1], "label": "r"}]), "unknown_label"),
     ("bad method", job(type="classify", labels=["p", "q"], method="magic"), "invalid_field"),
+    ("short example row", job(type="classify", text="{a} {b}", examples=[
+        {"row": ["x"], "label": "p"}, {"row": ["y", 2], "label": "q"}]), "ragged_rows"),
+    ("huge example cell", job(type="classify", examples=[
+        {"row": ["x" * 30_000, 1], "label": "p"}, {"row": ["y", 2], "label": "q"}]),
+     "cell_too_large"),
     ("bad output", job(output={"embeddings": "png"}), "invalid_field"),
 ]  # fmt: skip
 

@@ -247,20 +247,22 @@ def check_table(job: Job, limits: Limits) -> None:
             "too_many_rows", f"{len(job.rows)} rows; the limit is {limits.max_rows} per job"
         )
     width = len(job.columns)
-    for i, row in enumerate(job.rows):
+    rows = [(f"row {i}", row) for i, row in enumerate(job.rows)]
+    rows += [(f"example {i}", ex.row) for i, ex in enumerate(job.examples)]
+    for where, row in rows:
         if len(row) != width:
             raise JobError(
-                "ragged_rows", f"row {i} has {len(row)} cells; the table has {width} columns"
+                "ragged_rows", f"{where} has {len(row)} cells; the table has {width} columns"
             )
         for cell in row:
             if isinstance(cell, str) and len(cell) > limits.max_cell_chars:
                 raise JobError(
                     "cell_too_large",
-                    f"row {i}: a cell has {len(cell)} characters; the limit is "
+                    f"{where}: a cell has {len(cell)} characters; the limit is "
                     f"{limits.max_cell_chars}",
                 )
             if isinstance(cell, float) and not math.isfinite(cell):
-                raise JobError("non_finite_number", f"row {i}: NaN/Infinity is not allowed")
+                raise JobError("non_finite_number", f"{where}: NaN/Infinity is not allowed")
     if job.template is not None or job.text_columns is not None:
         _check_text_columns(job)
 

@@ -22,8 +22,8 @@ log = logs.get(__name__)
 _PACKAGED_ALIASES = {PACKAGED_MODEL, f"sentence-transformers/{PACKAGED_MODEL}", "packaged"}
 # Rows per forward pass inside one encode call. sentence-transformers sorts a call's texts by
 # length before slicing them into forward passes, so a batcher batch of 64 runs as two passes of
-# 32 similar-length rows: less padding and smaller activations than one pass of 64. On this
-# 2-core CPU that is ~1.2x the rows/s of one 64-row pass (docs/benchmarks.md).
+# 32 similar-length rows: less padding and smaller activations than one pass of 64. On a
+# 2-core CPU, encode alone ran 1.1-1.2x the rows/s of one 64-row pass (docs/benchmarks.md).
 FORWARD_BATCH = 32
 
 
