@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,26 @@ class RawEncoder:
         started = time.perf_counter()
         self.model.encode(texts, batch_size=32)
         return len(texts) / (time.perf_counter() - started)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU of a process and its reaped children (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds of every live process in a process group (the emulator is a JVM child)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    total += cpu_seconds(int(entry.name))
+            except (OSError, ProcessLookupError):
+                continue
+    return total
 
 
 class ResultClock:
@@ -132,14 +153,25 @@ def main() -> None:
         # a load spike on the machine cannot flatter the ratios.
         encoder = RawEncoder()
         raw_before = encoder.rows_per_second(texts)
+        assert worker.proc is not None and server.pid is not None
+        worker_pid, server_pgid = worker.proc.pid, server.pid
+        procs: dict[str, Callable[[], float]] = {
+            "worker": lambda: cpu_seconds(worker_pid),
+            "pubsub server": lambda: group_cpu(server_pgid),
+            "bench client": lambda: cpu_seconds(os.getpid()),
+        }
+        before = {k: f() for k, f in procs.items()}
         big = path_rows_per_second(env, clock, texts, 64, "r64")
+        middle = {k: f() for k, f in procs.items()}
         one = path_rows_per_second(env, clock, texts, 1, "r1")
+        after = {k: f() for k, f in procs.items()}
         raw = max(raw_before, encoder.rows_per_second(texts))
         lat = sorted(latency(env, clock, rate=one / 2, seconds=args.latency_seconds))
         clock.close()
         worker.stop()
         env.close()
     p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    cpu = {k: (middle[k] - before[k], after[k] - middle[k]) for k in before}
     print(f"pubsub server: {server.kind}; rows: {args.rows}; cores: {os.cpu_count()}")
     print(f"{'measurement':44} {'rows/s':>9} {'ratio':>7}")
     print(f"{'raw encode, batch 32 (best of before/after)':44} {raw:9.1f} {1.0:7.2f}")
@@ -148,6 +180,12 @@ def main() -> None:
     print(f"latency at {one / 2:.0f} jobs/s (half of 1-row saturation), {len(lat)} jobs: "
           f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, p99/p50 {p99 / p50:.2f} "
           "(target <= 3)")  # fmt: skip
+    print(f"CPU seconds spent per process (2 cores): {'64-row':>8} {'1-row':>8}")
+    for name, (a, b) in cpu.items():
+        print(f"  {name:38} {a:8.1f} {b:8.1f}")
+    print(
+        f"  {'wall seconds of the measurement':38} {len(texts) / big:8.1f} {len(texts) / one:8.1f}"
+    )
 
 
 if __name__ == "__main__":
