@@ -19,7 +19,6 @@ Everything here is cheap and dependency-free: the worker imports it at start.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from collections import Counter
@@ -408,11 +407,3 @@ def _parse_file(model: str, raw: Any) -> FileEntry:
 
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    """Write and fsync: a file renamed into place after this survives a crash whole."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tests.ollama_double import QuietServer
+from tests.loopback import LoopbackDouble
 
 LFS_THRESHOLD = 1 << 20
 
@@ -36,20 +36,13 @@ class Repo:
         return cls(commit, root, files)
 
 
-class HubDouble:
+class HubDouble(LoopbackDouble):
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
-        self.requests: list[tuple[str, str]] = []
         self.stall_file: str | None = None
         self.stalled = threading.Event()  # set when a stalled download is waiting
         self.release = threading.Event()
-        self._server = QuietServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__()
 
     def add(self, repo: str, root: Path, commit: str) -> None:
         self.repos[repo] = Repo.from_dir(root, commit)
@@ -57,14 +50,9 @@ class HubDouble:
     def downloads(self) -> list[str]:
         return [path for method, path in self.requests if method == "GET" and "/resolve/" in path]
 
-    def start(self) -> HubDouble:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
 
     # -----------------------------------------------------------------------------------------
 

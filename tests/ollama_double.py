@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.loopback import LoopbackDouble
 
 ChatReply = Callable[[dict[str, Any]], str]
 
@@ -36,19 +36,7 @@ def keyword_label(body: dict[str, Any]) -> str:
     return json.dumps({"label": label, "confidence": 0.8})
 
 
-class QuietServer(ThreadingHTTPServer):
-    """A client hanging up mid-response (a cancelled pull, a closed test) is not an error.
-
-    socketserver would print a traceback from the handler thread instead; besides the noise,
-    that lazily imports modules off the main thread while pytest rewrites imports on it.
-    """
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class OllamaDouble:
+class OllamaDouble(LoopbackDouble):
     def __init__(self, models_dir: Path | None = None) -> None:
         self.models_dir = models_dir
         self.models: set[str] = set()
@@ -57,22 +45,7 @@ class OllamaDouble:
         self.chat_delay = 0.0
         self.fail_pull = False
         self.pull_delay = 0.0
-        self.requests: list[tuple[str, str]] = []
-        self._server = QuietServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> OllamaDouble:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     # -----------------------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from worker.aio import cancel_and_wait
+
 _T = TypeVar("_T")
 Vectors = npt.NDArray[np.float32]
 # encode(texts) -> (vectors [n, dims], token counts [n]) ; blocking, run in the model thread.
@@ -84,12 +86,7 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 from sync.cache_copy import copy_verified
 from sync.manifest import find_model, read_cache
 from worker import logs
+from worker.aio import cancel_and_wait
 from worker.jobs import JobError
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
@@ -61,12 +62,7 @@ class OllamaState:
         return self._task
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self._client._client.aclose()
 
     def snapshot(self) -> dict[str, Any]:
