@@ -30,10 +30,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sync.manifest import find_model, read_cache, verify  # noqa: E402
-from sync.run import ModelSpec, sync_once  # noqa: E402
+from base.cache.manifest import find_model, read_cache, verify  # noqa: E402
+from base.cache.specs import ModelSpec  # noqa: E402
+from sync.run import sync_once  # noqa: E402
+from sync.settings import SyncSettings  # noqa: E402
 from worker.model import packaged_model_dir  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from worker.settings import WorkerSettings  # noqa: E402
 
 BARE = """
 import sys
@@ -45,8 +47,8 @@ print("ready", flush=True)
 WORKER = """
 import asyncio
 from worker.modelstore import load_embedding_model
-from worker.settings import Settings
-model = asyncio.run(load_embedding_model(Settings.from_env()))
+from worker.settings import WorkerSettings
+model = asyncio.run(load_embedding_model(WorkerSettings.from_env()))
 assert model.info.source == "cache", model.info
 print("ready", flush=True)
 """
@@ -61,8 +63,12 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def settings_for(cache: Path, **overrides: object) -> Settings:
-    return Settings.from_env({}, model_cache_path=str(cache), **overrides)
+def sync_settings(cache: Path) -> SyncSettings:
+    return SyncSettings.from_env({}, model_cache_path=str(cache))
+
+
+def worker_settings(cache: Path, **overrides: object) -> WorkerSettings:
+    return WorkerSettings.from_env({}, model_cache_path=str(cache), **overrides)
 
 
 def bench_sync(work: Path, repeat: int) -> dict[str, float]:
@@ -71,11 +77,11 @@ def bench_sync(work: Path, repeat: int) -> dict[str, float]:
     for i in range(repeat):
         cache = work / f"sync-{i}"
         started = time.perf_counter()
-        assert sync_once(cache, spec, settings_for(cache)).outcome == "ok"
+        assert sync_once(cache, spec, sync_settings(cache)).outcome == "ok"
         fulls.append(time.perf_counter() - started)
         for _ in range(10):  # milliseconds each: more samples against scheduling noise
             started = time.perf_counter()
-            assert sync_once(cache, spec, settings_for(cache)).outcome == "unchanged"
+            assert sync_once(cache, spec, sync_settings(cache)).outcome == "unchanged"
             unchanged.append(time.perf_counter() - started)
         if i:
             shutil.rmtree(cache)
@@ -140,10 +146,10 @@ def bench_load(cache: Path, work: Path, repeat: int) -> dict[str, float]:
     assert entry is not None
     out: dict[str, float] = {}
     for strategy in ("copy", "mount"):
-        settings = settings_for(cache, model_load_strategy=strategy, embedding_model="minilm",
+        settings = worker_settings(cache, model_load_strategy=strategy, embedding_model="minilm",
                                 local_model_dir=str(work / f"local-{strategy}"))  # fmt: skip
 
-        def load(s: Settings = settings) -> object:
+        def load(s: WorkerSettings = settings) -> object:
             return load_cached(s, cache, entry, state.generation)
 
         out[f"{strategy}_s"] = median_time(load, repeat)

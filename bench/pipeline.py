@@ -6,7 +6,7 @@ On the same generated rows (customer orders, ~21 tokens each with the packaged
 all-MiniLM-L6-v2 tokenizer), in one process:
 
 * raw `SentenceTransformer.encode` at batch 32 and at batch 1 (reference);
-* the local pipeline (`Pipeline.handle(bytes)` with `Settings.from_env()`, driven like
+* the local pipeline (`Pipeline.handle(bytes)` with `WorkerSettings.from_env()`, driven like
   `tabular-worker run`: at most 64 jobs in flight, each result serialised) for 64-row jobs
   and for 1-row jobs.
 
@@ -169,17 +169,17 @@ async def drive(handle: Callable[[bytes], Any], payloads: list[bytes], concurren
 
 
 async def measure_minilm(n_rows: int, repeats: int) -> tuple[list[Measurement], dict[str, Any]]:
-    from worker.jobs import row_text
     from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir
     from worker.pipeline import Pipeline
-    from worker.settings import Settings
+    from worker.rowtext import row_text
+    from worker.settings import WorkerSettings
 
     load_before = os.getloadavg()[0]
     path = packaged_model_dir()
     model = EmbeddingModel.load(path, ModelInfo("all-MiniLM-L6-v2", str(path), "packaged"))
     model.warm_up()
     st = model._st
-    settings = Settings.from_env()
+    settings = WorkerSettings.from_env()
     pipeline = Pipeline(settings, model)
     # Time spent inside the model's encode: (pipeline rows/s) / (model busy share) is what the
     # model itself delivered, so the busy share separates pipeline bubbles from model speed.
@@ -272,8 +272,8 @@ def sizing_child(n_rows: int, repeats: int, batch_size: int) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
-    from worker.jobs import row_text
     from worker.model import packaged_model_dir
+    from worker.rowtext import row_text
 
     rss_start = rss_mb()
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_dir()))
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizing_child:
         print(json.dumps(sizing_child(args.sizing_rows, args.repeats, 32)))
         return 0
-    from worker import logs
+    from base import logs
 
     logs.setup("WARNING")
     started = time.perf_counter()

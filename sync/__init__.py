@@ -1,1 +1,1 @@
-"""tabular-service sync: fills the shared model cache and owns its manifest format."""
+"""tabular-service sync: keeps the shared model cache filled, committed and checkable."""

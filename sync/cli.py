@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worker import logs
-from worker.settings import Settings, for_command
+from base import logs
+from base.env import load_settings
+from sync.settings import SyncSettings
 
 if TYPE_CHECKING:
     from sync.run import SyncResult
@@ -44,13 +45,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = for_command()
+    settings = load_settings(SyncSettings)
     if settings is None:
         return 2
     root = Path(args.cache or settings.model_cache_path)
     if args.command == "verify":
         return _verify(root)
-    from sync.run import SpecError, parse_specs
+    from base.cache.specs import SpecError, parse_specs
 
     try:
         specs = parse_specs(",".join(args.model) if args.model else settings.sync_models)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     return listen(root, specs, settings)
 
 
-def push_metrics(root: Path, result: SyncResult, settings: Settings) -> bool:
+def push_metrics(root: Path, result: SyncResult, settings: SyncSettings) -> bool:
     """Push one run's metrics to TABULAR_PUSHGATEWAY_URL (replacing the `tabular-sync` group).
 
     A push that fails is logged and does not change the exit code: the sync itself is recorded
@@ -79,8 +80,8 @@ def push_metrics(root: Path, result: SyncResult, settings: Settings) -> bool:
     """
     from prometheus_client import CollectorRegistry
 
+    from base.cache.status import cache_status
     from sync.metrics import SyncMetrics
-    from sync.run import cache_status
 
     # A registry of its own: a finished process's process_*/python_* series mean nothing there.
     metrics = SyncMetrics(CollectorRegistry(), quota_bytes=settings.cache_quota_bytes or None)
@@ -100,7 +101,7 @@ def push_metrics(root: Path, result: SyncResult, settings: Settings) -> bool:
 
 
 def _verify(root: Path) -> int:
-    from sync.manifest import read_cache, verify
+    from base.cache.manifest import read_cache, verify
 
     problems = verify(root)
     for problem in problems:

@@ -7,12 +7,11 @@ after its sync finished, so a crashed listener's event is redelivered. A sync fa
 acks: the outcome is in sync-status.json and the next scheduled event retries.
 
 The listener serves /metrics (`SyncMetrics`, updated after each sync), /healthz and /readyz on
-TABULAR_SYNC_METRICS_PORT with the worker's `HealthServer`, on an event loop in its own thread.
+TABULAR_SYNC_METRICS_PORT with `base.http.HttpThread`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,11 +20,14 @@ from typing import Any
 
 import orjson
 
+from base import logs
+from base.cache.specs import ModelSpec
+from base.cache.status import cache_status
+from base.http import HttpThread
+from base.pubsub import full_name, publisher_client, subscriber_client
 from sync.metrics import SyncMetrics
-from sync.run import ModelSpec, SyncResult, cache_status, sync_once
-from worker import logs
-from worker.health import HealthServer, ReadinessProbe
-from worker.settings import Settings
+from sync.run import SyncResult, sync_once
+from sync.settings import SyncSettings
 
 log = logs.get(__name__)
 MAX_LEASE_SECONDS = 4 * 3600  # the client keeps extending the ack deadline while a sync runs
@@ -52,27 +54,20 @@ def _names(items: Sequence[str]) -> list[str] | None:
     return names or None
 
 
-def resource_path(kind: str, name: str, project: str) -> str:
-    """Full Pub/Sub path for a short ID (`projects/P/<kind>/NAME` passes through)."""
-    return name if name.startswith("projects/") else f"projects/{project}/{kind}/{name}"
-
-
 class Listener:
     def __init__(
         self,
         root: Path,
         specs: Sequence[ModelSpec],
-        settings: Settings,
+        settings: SyncSettings,
         metrics: SyncMetrics | None = None,
     ) -> None:
-        from google.cloud import pubsub_v1
-
         self.root = root
         self.specs = list(specs)
         self.settings = settings
         self.metrics = metrics
         self._lock = threading.Lock()
-        self._publisher = pubsub_v1.PublisherClient() if settings.refresh_complete_topic else None
+        self._publisher = publisher_client() if settings.refresh_complete_topic else None
         self.syncs = 0
         self.last_outcome = ""
 
@@ -93,10 +88,9 @@ class Listener:
     def _announce(self, result: SyncResult, trigger: str) -> None:
         if self._publisher is None:
             return
-        topic = resource_path("topics", self.settings.refresh_complete_topic,
-                              self.settings.project)  # fmt: skip
         body = {"event": "refresh-complete", "trigger_message_id": trigger, **result.to_dict()}
         try:
+            topic = full_name("topics", self.settings.refresh_complete_topic, self.settings.project)
             self._publisher.publish(
                 topic, orjson.dumps(body), outcome=result.outcome,
                 generation=str(result.generation),
@@ -108,28 +102,7 @@ class Listener:
                  "generation": result.generation})  # fmt: skip
 
 
-class HttpThread:
-    """`HealthServer` on an event loop of its own, in a daemon thread."""
-
-    def __init__(self, port: int, readiness: ReadinessProbe) -> None:
-        self.server = HealthServer(port, readiness)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
-
-    def start(self) -> None:
-        """Bind the port (raises OSError when it cannot), then serve in the thread."""
-        self._loop.run_until_complete(self.server.start())
-        self._thread.start()
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-
-def listen(root: Path, specs: Sequence[ModelSpec], settings: Settings) -> int:
+def listen(root: Path, specs: Sequence[ModelSpec], settings: SyncSettings) -> int:
     """Block until SIGTERM/SIGINT; returns the exit code."""
     from google.cloud import pubsub_v1
 
@@ -143,6 +116,11 @@ def listen(root: Path, specs: Sequence[ModelSpec], settings: Settings) -> int:
         ready = bool(streaming) and not streaming[0].done() and not stop.is_set()
         return ready, {"syncs": listener.syncs, "last_outcome": listener.last_outcome}
 
+    try:
+        subscription = full_name("subscriptions", settings.refresh_subscription, settings.project)
+    except ValueError as exc:
+        log.error("Cannot name the refresh subscription", extra={"error": str(exc)})
+        return 2
     http = HttpThread(settings.sync_metrics_port, readiness)
     try:
         http.start()
@@ -150,8 +128,7 @@ def listen(root: Path, specs: Sequence[ModelSpec], settings: Settings) -> int:
         log.error("Cannot serve metrics", extra={"port": settings.sync_metrics_port,
                   "error": str(exc)})  # fmt: skip
         return 1
-    subscriber = pubsub_v1.SubscriberClient()
-    subscription = resource_path("subscriptions", settings.refresh_subscription, settings.project)
+    subscriber = subscriber_client()
     flow = pubsub_v1.types.FlowControl(max_messages=1, max_lease_duration=MAX_LEASE_SECONDS)
     future = subscriber.subscribe(subscription, listener.handle, flow_control=flow)
     streaming.append(future)

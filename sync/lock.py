@@ -21,8 +21,8 @@ from types import TracebackType
 
 import orjson
 
-from sync.manifest import LOCK_NAME
-from worker import logs
+from base import logs
+from base.cache.manifest import LOCK_NAME
 
 log = logs.get(__name__)
 

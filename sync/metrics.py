@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, push_to_gateway
 
 if TYPE_CHECKING:
-    from sync.run import CacheStatus, SyncResult
+    from base.cache.status import CacheStatus
+    from sync.run import SyncResult
 
 #: The `job` label sync runs push under (the Pushgateway's grouping key).
 PUSH_JOB = "tabular-sync"

@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from sync.lock import Lease
-from sync.manifest import (
+from base import logs
+from base.cache.manifest import (
     DONE_NAME,
     MANIFEST_NAME,
     STATUS_NAME,
@@ -40,43 +40,13 @@ from sync.manifest import (
     sha256_bytes,
     tree_digest,
 )
-from sync.sources import FetchContext, Fetched, SourceError, StagedFile, parse_source, store_dir
-from worker import logs
-from worker.settings import Settings
+from base.cache.specs import ModelSpec
+from base.cache.status import manifest_size, now_iso, read_status, status_body
+from sync.lock import Lease
+from sync.settings import SyncSettings
+from sync.sources import FetchContext, Fetched, StagedFile, parse_source, store_dir
 
 log = logs.get(__name__)
-_SPEC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-
-class SpecError(ValueError):
-    """A `name=source-uri` model specification that cannot be used."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    source: str
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        name, sep, source = text.strip().partition("=")
-        name, source = name.strip(), source.strip()
-        if not sep or not _SPEC_NAME.match(name) or not source:
-            raise SpecError(f"{text!r}: expected name=source-uri, name of [A-Za-z0-9._:-]")
-        try:
-            parse_source(source)
-        except SourceError as exc:
-            raise SpecError(str(exc)) from None
-        return cls(name, source)
-
-
-def parse_specs(text: str) -> list[ModelSpec]:
-    """TABULAR_SYNC_MODELS: comma-separated name=source-uri."""
-    specs = [ModelSpec.parse(part) for part in text.split(",") if part.strip()]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise SpecError(f"a model name is configured twice: {names}")
-    return specs
 
 
 @dataclass
@@ -123,7 +93,7 @@ class SyncResult:
 def sync_once(
     root: Path,
     specs: Sequence[ModelSpec],
-    settings: Settings,
+    settings: SyncSettings,
     *,
     only: Collection[str] | None = None,
     force: bool = False,
@@ -157,7 +127,7 @@ def sync_once(
 def _sync_locked(
     root: Path,
     specs: Sequence[ModelSpec],
-    settings: Settings,
+    settings: SyncSettings,
     only: Collection[str] | None,
     force: bool,
     staging: Path,
@@ -187,13 +157,13 @@ def _sync_locked(
     if not lease.held():
         raise RuntimeError("the sync lock was lost before commit; nothing committed")
     generation = _latest_generation(root) + 1
-    commit(root, Manifest(generation, _now_iso(), models), staging / "_commit")
+    commit(root, Manifest(generation, now_iso(), models), staging / "_commit")
     result.generation = generation
     return result
 
 
 def _sync_model(
-    root: Path, spec: ModelSpec, settings: Settings, staging: Path, previous: ModelEntry | None
+    root: Path, spec: ModelSpec, settings: SyncSettings, staging: Path, previous: ModelEntry | None
 ) -> tuple[ModelResult, ModelEntry | None]:
     log.info("Model sync started", extra={"model": spec.name, "source": spec.source})
     model_staging = staging / re.sub(r"[^A-Za-z0-9._-]", "_", spec.name)
@@ -315,68 +285,15 @@ def _latest_generation(root: Path) -> int:
 # status and housekeeping
 
 
-def read_status(root: Path) -> dict[str, Any]:
-    try:
-        value = orjson.loads((root / STATUS_NAME).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-@dataclass(frozen=True)
-class CacheStatus:
-    """The facts metrics report about a cache: from sync-status.json, the size from the manifest
-    when an older status file does not carry it."""
-
-    last_success_unix: float  # 0: no successful sync recorded
-    consecutive_failures: int
-    size_bytes: int | None  # None: no committed manifest
-
-
-def manifest_size(root: Path) -> int | None:
-    """Bytes the committed manifest accounts for (each tree once), None without a valid one."""
-    state = read_cache(root, retry_delay=0)
-    if not state.valid or state.manifest is None:
-        return None
-    trees = {m.location: m.size for m in state.manifest.models}
-    return sum(trees.values())
-
-
-def cache_status(root: Path) -> CacheStatus | None:
-    """What sync-status.json says (None when the cache has none): cheap, one small read."""
-    status = read_status(root)
-    if not status:
-        return None
-    last = _number(status.get("last_success_unix"))
-    failures = _number(status.get("consecutive_failures"))
-    size = _number(status.get("cache_size_bytes"))
-    return CacheStatus(
-        last_success_unix=last or 0.0,
-        consecutive_failures=int(failures or 0),
-        size_bytes=int(size) if size is not None else manifest_size(root),
-    )
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _record_status(root: Path, result: SyncResult) -> None:
     """sync-status.json lets an alert see failures without a long-lived process to ask."""
     try:
-        previous = read_status(root)
-        now = time.time()
-        ok = result.outcome != "failed"
-        body = {
-            "last_attempt": _now_iso(), "last_attempt_unix": now,
-            "last_outcome": result.outcome, "last_error": result.error,
-            "last_success": _now_iso() if ok else previous.get("last_success"),
-            "last_success_unix": now if ok else previous.get("last_success_unix"),
-            "consecutive_failures": 0 if ok else int(previous.get("consecutive_failures", 0)) + 1,
-            "generation": result.generation, "run_id": result.run_id,
-            "duration_seconds": result.duration_seconds, "files": result.files,
-            "bytes": result.bytes, "cache_size_bytes": manifest_size(root),
-        }  # fmt: skip
+        body = status_body(
+            read_status(root), result.outcome, error=result.error,
+            generation=result.generation, run_id=result.run_id,
+            duration_seconds=result.duration_seconds, files=result.files, bytes=result.bytes,
+            cache_size_bytes=manifest_size(root),
+        )  # fmt: skip
         scratch = root / TMP_DIR / f"{result.run_id}-status"
         scratch.mkdir(parents=True, exist_ok=True)
         data = orjson.dumps(body, option=orjson.OPT_INDENT_2)
@@ -409,7 +326,3 @@ def cleanup_tmp(root: Path, max_age_seconds: float, keep: Collection[Path] = ())
 def _run_id() -> str:
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"{stamp}-{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -17,17 +17,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from sync.cache_copy import copy_hashing
-from sync.manifest import TMP_DIR, ModelEntry, check_relative, sha256_bytes, sha256_file
-from worker import logs
-from worker.settings import Settings
+from base import logs
+from base.cache.copy import copy_hashing
+from base.cache.manifest import TMP_DIR, ModelEntry, check_relative, sha256_bytes, sha256_file
+from base.cache.specs import HF_IGNORE, SpecError, parse_uri
+from sync.settings import SyncSettings
 
 log = logs.get(__name__)
-# Weights for other frameworks: a sentence-transformers model needs none of them.
-HF_IGNORE = [
-    "*.h5", "*.ot", "*.msgpack", "*.onnx", "onnx/*", "openvino/*", "tf_model*", "flax_model*",
-    "rust_model*", "*.tflite", "coreml/*", ".gitattributes",
-]  # fmt: skip
 _PROGRESS_EVERY = 2.0
 
 
@@ -61,7 +57,7 @@ class FetchContext:
     root: Path  # the cache root
     staging: Path  # this model's private staging directory
     previous: ModelEntry | None  # the entry in the last committed generation, when intact
-    settings: Settings
+    settings: SyncSettings
 
 
 class Source(Protocol):
@@ -72,19 +68,15 @@ class Source(Protocol):
 
 
 def parse_source(uri: str) -> Source:
-    scheme, sep, rest = uri.partition("://")
-    if not sep or not rest:
-        raise SourceError(f"{uri!r} is not a source URI (hf://, ollama://, file://)")
-    if scheme == "file":
-        return FileSource(uri, Path(rest).expanduser().absolute())
-    if scheme == "hf":
-        repo, _, revision = rest.partition("@")
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise SourceError(f"{uri!r}: expected hf://org/name[@revision]")
-        return HfSource(uri, repo, revision or "main")
-    if scheme == "ollama":
-        return OllamaSource(uri, rest if ":" in rest.rsplit("/", 1)[-1] else f"{rest}:latest")
-    raise SourceError(f"{uri!r}: unknown scheme {scheme!r} (hf, ollama, file)")
+    try:
+        parsed = parse_uri(uri)
+    except SpecError as exc:
+        raise SourceError(str(exc)) from None
+    if parsed.scheme == "file":
+        return FileSource(uri, parsed.path)
+    if parsed.scheme == "hf":
+        return HfSource(uri, parsed.target, parsed.revision)
+    return OllamaSource(uri, parsed.target)
 
 
 def _unchanged(ctx: FetchContext, uri: str, **identity: str) -> bool:
@@ -257,7 +249,7 @@ def _progress(model: str, event: Any) -> dict[str, Any]:
             "total": event.total}  # fmt: skip
 
 
-def store_dir(root: Path, settings: Settings) -> Path:
+def store_dir(root: Path, settings: SyncSettings) -> Path:
     return Path(settings.sync_ollama_models or root / TMP_DIR / "ollama-store")
 
 

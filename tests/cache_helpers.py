@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sync.manifest import MANIFEST_NAME, Manifest, read_cache
-from sync.run import ModelSpec, SyncResult, commit, sync_once
-from worker.jobs import Cell, row_text
+from base.cache.manifest import MANIFEST_NAME, Manifest, read_cache
+from base.cache.specs import ModelSpec
+from sync.run import SyncResult, commit, sync_once
+from sync.settings import SyncSettings
 from worker.model import EmbeddingModel, packaged_model_dir
-from worker.pipeline import decode_vectors
-from worker.settings import Settings
+from worker.results import decode_vectors
+from worker.rowtext import Cell, row_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGED = packaged_model_dir()
@@ -36,7 +37,7 @@ def build(cache: Path, **models: Path | str) -> SyncResult:
     """In-process `tabular-sync once` of file:// directories (or full URIs) into `cache`."""
     specs = [ModelSpec(name, f"file://{src}" if isinstance(src, Path) else src)
              for name, src in models.items()]  # fmt: skip
-    result = sync_once(cache, specs, Settings.from_env({}, model_cache_path=str(cache)))
+    result = sync_once(cache, specs, SyncSettings.from_env({}, model_cache_path=str(cache)))
     assert result.ok, result
     return result
 

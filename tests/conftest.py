@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tests.prometheus_server import MetricsEndpoint, PrometheusServer, Pushgateway
 from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir
 from worker.pipeline import Pipeline
-from worker.settings import Settings
+from worker.settings import WorkerSettings
 
 pytest_plugins = ["tests.pubsub_fixture"]
 
@@ -31,8 +31,8 @@ def embedding_model() -> EmbeddingModel:
 
 
 @pytest.fixture
-def settings(tmp_path: Any) -> Settings:
-    return Settings.from_env({}, data_root=str(tmp_path), shared_model_volume_enabled=False)
+def settings(tmp_path: Any) -> WorkerSettings:
+    return WorkerSettings.from_env({}, data_root=str(tmp_path), shared_model_volume_enabled=False)
 
 
 PipelineFactory = Callable[..., Pipeline]
@@ -40,13 +40,13 @@ PipelineFactory = Callable[..., Pipeline]
 
 @pytest.fixture
 async def make_pipeline(
-    embedding_model: EmbeddingModel, settings: Settings
+    embedding_model: EmbeddingModel, settings: WorkerSettings
 ) -> AsyncIterator[PipelineFactory]:
     made: list[Pipeline] = []
 
     def factory(**overrides: Any) -> Pipeline:
         llm = overrides.pop("llm", None)
-        merged = Settings.from_env({}, **{**settings.__dict__, **overrides})
+        merged = WorkerSettings.from_env({}, **{**settings.__dict__, **overrides})
         pipeline = Pipeline(merged, embedding_model, llm=llm)
         made.append(pipeline)
         return pipeline

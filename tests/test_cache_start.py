@@ -20,7 +20,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sync.manifest import DONE_NAME, MANIFEST_NAME
+from base.cache.manifest import DONE_NAME, MANIFEST_NAME
+from base.env import SettingsError
 from tests.cache_helpers import (
     PACKAGED,
     ROOT,
@@ -40,7 +41,7 @@ from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel
 from worker.modelstore import ModelStoreError, cache_snapshot, load_embedding_model
 from worker.pipeline import Pipeline
-from worker.settings import Settings, SettingsError
+from worker.settings import WorkerSettings
 
 
 @pytest.fixture
@@ -49,16 +50,16 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-def worker_settings(tmp_path: Path, cache: Path, **overrides: Any) -> Settings:
+def worker_settings(tmp_path: Path, cache: Path, **overrides: Any) -> WorkerSettings:
     values: dict[str, Any] = {
         "model_cache_path": str(cache), "local_model_dir": str(tmp_path / "local"),
         "embedding_model": "minilm", "sync_models": f"minilm=file://{PACKAGED}",
         "llm_enabled": False, "data_root": str(tmp_path),
     }  # fmt: skip
-    return Settings.from_env({}, **{**values, **overrides})
+    return WorkerSettings.from_env({}, **{**values, **overrides})
 
 
-async def start(settings: Settings, caplog: pytest.LogCaptureFixture,
+async def start(settings: WorkerSettings, caplog: pytest.LogCaptureFixture,
                 ) -> tuple[EmbeddingModel, dict[str, Any], WorkerMetrics]:  # fmt: skip
     """Start as the worker does; return the model, the 'Model cache checked' line and metrics."""
     metrics = WorkerMetrics(CollectorRegistry())
@@ -69,7 +70,7 @@ async def start(settings: Settings, caplog: pytest.LogCaptureFixture,
     return model, checked[0].__dict__, metrics
 
 
-async def serve_one(settings: Settings, model: EmbeddingModel) -> dict[str, Any]:
+async def serve_one(settings: WorkerSettings, model: EmbeddingModel) -> dict[str, Any]:
     pipeline = Pipeline(settings, model)
     try:
         return (await pipeline.handle(embed_job())).result
@@ -170,7 +171,7 @@ def _edit_manifest(cache: Path) -> None:
     rewrite_manifest_raw(cache, lambda body: body.update(created="1999-01-01T00:00:00+00:00"))
 
 
-MISSES: dict[str, tuple[str, Callable[[Path], None]]] = {
+MISSES: dict[str, tuple[str, Callable[[Path], object]]] = {
     "no_done": ("no_done", lambda cache: (cache / DONE_NAME).unlink()),
     "manifest_garbage": ("manifest_unreadable",
                          lambda cache: (cache / MANIFEST_NAME).write_bytes(b"{not json")),
@@ -300,9 +301,9 @@ def test_fallback_downloads_into_local_storage_never_the_cache(
 
 def test_local_dir_inside_the_cache_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="TABULAR_LOCAL_MODEL_DIR"):
-        Settings.from_env({"MODEL_CACHE_PATH": str(tmp_path),
+        WorkerSettings.from_env({"MODEL_CACHE_PATH": str(tmp_path),
                            "TABULAR_LOCAL_MODEL_DIR": str(tmp_path / "local")})  # fmt: skip
-    disabled = Settings.from_env(
+    disabled = WorkerSettings.from_env(
         {
             "MODEL_CACHE_PATH": str(tmp_path),
             "SHARED_MODEL_VOLUME_ENABLED": "false",

@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import PipelineFactory
-from worker.jobs import JobError, Limits, decode, row_text
+from worker.errors import JobError
+from worker.jobs import Limits, decode
+from worker.rowtext import row_text
 
 TABLE = {"columns": ["a", "b"], "rows": [["x", 1]]}
 

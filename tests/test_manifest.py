@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.manifest import (
+from base.cache.manifest import (
     DONE_NAME,
     Manifest,
     ModelEntry,

@@ -13,11 +13,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync.run import read_status
+from base.cache.status import read_status
+from harness.pubsub import PubSubEnv
+from harness.worker_proc import WorkerProcess
 from tests.cache_helpers import PACKAGED, manifest, model_file, sync_cli
 from tests.prometheus_server import PrometheusServer, require_binary, rules_without_for, wait_for
-from tests.pubsub_fixture import PubSubEnv
-from tests.worker_proc import WorkerProcess
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -13,13 +13,15 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.run import ModelSpec, sync_once
+from base.cache.specs import ModelSpec
+from sync.run import sync_once
+from sync.settings import SyncSettings
 from tests.cache_helpers import files_under, manifest
 from tests.conftest import PipelineFactory
 from tests.ollama_double import OllamaDouble, keyword_label
 from worker.classify import LlmClassifier
 from worker.ollama_state import OllamaState
-from worker.settings import Settings
+from worker.settings import WorkerSettings
 
 MODEL = "llama3.2:1b"
 
@@ -31,14 +33,14 @@ def ollama(tmp_path: Path) -> Iterator[OllamaDouble]:
     double.stop()
 
 
-def make_settings(tmp_path: Path, double: OllamaDouble, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, double: OllamaDouble, **overrides: Any) -> WorkerSettings:
     values: dict[str, Any] = {
         "ollama_host": double.url, "llm_model": MODEL, "llm_wait_seconds": 10.0,
         "ollama_ready_timeout_seconds": 10.0, "model_cache_path": str(tmp_path / "no-cache"),
         "ollama_models": str(double.models_dir), "data_root": str(tmp_path),
         "shared_model_volume_enabled": False,
     }  # fmt: skip
-    return Settings.from_env({}, **{**values, **overrides})
+    return WorkerSettings.from_env({}, **{**values, **overrides})
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ async def states() -> AsyncIterator[list[OllamaState]]:
         await state.close()
 
 
-def started(settings: Settings, states: list[OllamaState]) -> OllamaState:
+def started(settings: WorkerSettings, states: list[OllamaState]) -> OllamaState:
     state = OllamaState(settings)
     states.append(state)
     state.start()
@@ -177,8 +179,10 @@ async def test_model_copied_from_cache_instead_of_pulled(
     source = OllamaDouble(models_dir=tmp_path / "sync-store").start()
     try:
         cache = tmp_path / "cache"
-        settings = Settings.from_env({}, model_cache_path=str(cache), sync_ollama_host=source.url,
-                                     sync_ollama_models=str(source.models_dir))  # fmt: skip
+        settings = SyncSettings.from_env(
+            {}, model_cache_path=str(cache), sync_ollama_host=source.url,
+            sync_ollama_models=str(source.models_dir),
+        )  # fmt: skip
         assert sync_once(cache, [ModelSpec("llama", f"ollama://{MODEL}")], settings).ok
     finally:
         source.stop()

@@ -9,19 +9,19 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from tests.conftest import PipelineFactory
-from worker.jobs import row_text
 from worker.model import EmbeddingModel
-from worker.pipeline import decode_vectors
+from worker.results import decode_vectors
+from worker.rowtext import Cell, row_text
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
+    return np.asarray((a * b).sum(axis=1))
 
 
 COLUMNS = ["product", "category", "review"]
-ROWS = [
+ROWS: list[list[Cell]] = [
     ["Trail shoes", "footwear", "Great grip on muddy paths"],
     ["Office chair", "furniture", "Comfortable for long days"],
     ["Headphones", "electronics", None],
@@ -69,7 +69,7 @@ async def test_few_shot_matches_logistic_regression_on_raw_embeddings(
     rng = np.random.default_rng(0)
     order = rng.permutation(len(iris.data))
     train, test = order[:60], order[60:]
-    rows = [[float(v) for v in iris.data[i]] for i in range(len(iris.data))]
+    rows: list[list[Cell]] = [[float(v) for v in iris.data[i]] for i in range(len(iris.data))]
     labels = [names[t] for t in iris.target]
     payload = {
         "job_id": "iris", "type": "classify", "labels": names,

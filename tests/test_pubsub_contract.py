@@ -20,13 +20,14 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.exceptions import AcknowledgeStatus
 from google.cloud.pubsub_v1.subscriber.message import Message
 
-from tests.pubsub_fixture import (
+from harness.pubsub import (
     KINDS,
     PubSubEnv,
     PubSubServerPool,
     StreamCollector,
     unique_name,
 )
+from tests.pubsub_fixture import server_or_skip
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(params=KINDS)
 def ps(request: pytest.FixtureRequest, pubsub_servers: PubSubServerPool) -> Iterator[PubSubEnv]:
     """Fresh topics/subscriptions on the session's server of the parametrized kind."""
-    server = pubsub_servers.get(request.param)
+    server = server_or_skip(pubsub_servers, request.param)
     server.ensure_running()
     env = PubSubEnv(server).create()
     yield env

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from google.api_core import exceptions as gexc
 
+from harness import pubsub as harness
+from harness.pubsub import KindUnavailable, PubSubEnv, PubSubServer
 from tests import pubsub_fixture
-from tests.pubsub_fixture import PubSubEnv, PubSubServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,7 +54,7 @@ def test_pubsub_env_resources_and_env(pubsub: PubSubEnv) -> None:
     assert pubsub.jobs_subscription == (
         f"projects/{pubsub.project}/subscriptions/{pubsub.jobs_subscription_id}"
     )
-    assert pubsub.kind == pubsub.server.kind in pubsub_fixture.KINDS
+    assert pubsub.kind == pubsub.server.kind in harness.KINDS
 
     jobs = pubsub.server.admin_subscriber.get_subscription(subscription=pubsub.jobs_subscription)
     assert jobs.topic == pubsub.jobs_topic
@@ -134,30 +135,30 @@ def test_kill_reaches_the_whole_process_group(pubsub_private: PubSubEnv) -> None
 
 
 def test_env_var_selects_the_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(pubsub_fixture.ENV_CHOICE, "standin")
-    assert pubsub_fixture.default_kind() == "standin"
-    assert pubsub_fixture.kind_unavailable("emulator") is not None
+    monkeypatch.setenv(harness.ENV_CHOICE, "standin")
+    assert harness.default_kind() == "standin"
+    assert harness.kind_unavailable("emulator") is not None
     assert "standin" in pubsub_fixture.pytest_report_header(None)  # type: ignore[arg-type]
 
-    monkeypatch.setenv(pubsub_fixture.ENV_CHOICE, "bogus")
-    with pytest.raises(pytest.UsageError):
-        pubsub_fixture.default_kind()
+    monkeypatch.setenv(harness.ENV_CHOICE, "bogus")
+    with pytest.raises(ValueError):
+        harness.default_kind()
 
-    monkeypatch.delenv(pubsub_fixture.ENV_CHOICE)
-    expected = "emulator" if pubsub_fixture.find_emulator() else "standin"
-    assert pubsub_fixture.default_kind() == expected
+    monkeypatch.delenv(harness.ENV_CHOICE)
+    expected = "emulator" if harness.find_emulator() else "standin"
+    assert harness.default_kind() == expected
 
 
 def test_machine_without_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
     """Debian 13 images: no emulator, so the stand-in runs and the emulator variants skip."""
-    monkeypatch.setattr(pubsub_fixture, "find_emulator", lambda: None)
-    monkeypatch.delenv(pubsub_fixture.ENV_CHOICE, raising=False)
-    assert pubsub_fixture.default_kind() == "standin"
-    assert "not installed" in (pubsub_fixture.kind_unavailable("emulator") or "")
-    pool = pubsub_fixture.PubSubServerPool()
-    with pytest.raises(pytest.skip.Exception):
+    monkeypatch.setattr(harness, "find_emulator", lambda: None)
+    monkeypatch.delenv(harness.ENV_CHOICE, raising=False)
+    assert harness.default_kind() == "standin"
+    assert "not installed" in (harness.kind_unavailable("emulator") or "")
+    pool = harness.PubSubServerPool()
+    with pytest.raises(KindUnavailable):
         pool.get("emulator")
-    monkeypatch.setenv(pubsub_fixture.ENV_CHOICE, "emulator")
+    monkeypatch.setenv(harness.ENV_CHOICE, "emulator")
     with pytest.raises(RuntimeError, match="not installed"):
         pool.get("emulator")
     assert "NOT INSTALLED" in pubsub_fixture.pytest_report_header(None)  # type: ignore[arg-type]
@@ -167,7 +168,7 @@ def test_standin_runs_as_a_script_and_stops_on_sigterm() -> None:
     server = PubSubServer("standin").start()
     try:
         assert server.running
-        assert server.command()[1].endswith("pubsub_server.py")
+        assert server.command()[1].endswith("standin.py")
     finally:
         server.stop()
     assert not server.running

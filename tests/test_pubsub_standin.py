@@ -13,7 +13,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.pubsub_v1.types import PublishRequest, PubsubMessage, StreamingPullRequest
 
-from tests.pubsub_fixture import PubSubEnv, PubSubServerPool
+from harness.pubsub import PubSubEnv, PubSubServerPool
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,8 +1,9 @@
-"""The README's configuration table is `worker.settings.env_table()`, row for row.
+"""The README's configuration tables are `base.env.env_table(...)`, row for row: one table of
+the variables both programs read, one of the worker's, one of the sync's.
 
-When a setting is added or changed, regenerate the table and paste it between the markers:
+When a setting is added or changed, regenerate the tables and paste each between its markers:
 
-    python -c 'from tests.test_readme import render; print(render())'
+    python -c 'from tests.test_readme import render_all; print(render_all())'
 """
 
 from __future__ import annotations
@@ -10,30 +11,47 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from worker.settings import env_table
+import pytest
+
+from base.env import CommonSettings, env_table
+from sync.settings import SyncSettings
+from worker.settings import WorkerSettings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-START, END = "<!-- env-table:start -->", "<!-- env-table:end -->"
 HEADER = "| Variable | Default | Meaning |\n| --- | --- | --- |"
+TABLES: dict[str, type[CommonSettings]] = {
+    "common": CommonSettings,
+    "worker": WorkerSettings,
+    "sync": SyncSettings,
+}
+
+
+def _markers(table: str) -> tuple[str, str]:
+    return f"<!-- env-table:{table}:start -->", f"<!-- env-table:{table}:end -->"
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render() -> str:
-    """The table as it belongs in the README."""
+def render(table: str) -> str:
+    """One table as it belongs in the README."""
     rows = [
         f"| `{name}` | {f'`{default}`' if default else ''} | {_cell(doc)} |"
-        for name, default, doc in env_table()
+        for name, default, doc in env_table(TABLES[table])
     ]
     return "\n".join([HEADER, *rows])
 
 
-def readme_table() -> str:
+def render_all() -> str:
+    return "\n\n".join(f"{_markers(t)[0]}\n{render(t)}\n{_markers(t)[1]}" for t in TABLES)
+
+
+def readme_table(table: str) -> str:
+    start, end = _markers(table)
     text = README.read_text(encoding="utf-8")
-    assert text.count(START) == 1 and text.count(END) == 1, "README lacks the table markers"
-    return text.split(START, 1)[1].split(END, 1)[0].strip()
+    assert text.count(start) == 1 and text.count(end) == 1, f"README lacks the {table} markers"
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def _parsed(table: str) -> dict[str, str]:
@@ -45,14 +63,24 @@ def _parsed(table: str) -> dict[str, str]:
     return found
 
 
-def test_every_variable_and_default_is_in_the_readme() -> None:
-    expected = {name: default for name, default, _ in env_table()}
-    documented = _parsed(readme_table())
+@pytest.mark.parametrize("table", TABLES)
+def test_every_variable_and_default_is_in_the_readme(table: str) -> None:
+    expected = {name: default for name, default, _ in env_table(TABLES[table])}
+    documented = _parsed(readme_table(table))
     assert sorted(set(expected) - set(documented)) == [], "variables missing from the README"
     assert sorted(set(documented) - set(expected)) == [], "README lists unknown variables"
     wrong = {k: (documented[k], v) for k, v in expected.items() if documented[k] != v}
     assert wrong == {}, "README defaults differ (README, settings)"
 
 
-def test_readme_table_is_the_generated_one() -> None:
-    assert readme_table() == render(), "regenerate the table:\n" + render()
+@pytest.mark.parametrize("table", TABLES)
+def test_readme_table_is_the_generated_one(table: str) -> None:
+    assert readme_table(table) == render(table), "regenerate the tables:\n" + render_all()
+
+
+def test_no_variable_is_in_two_tables() -> None:
+    seen: dict[str, str] = {}
+    for table, cls in TABLES.items():
+        for name, _, _ in env_table(cls):
+            assert name not in seen, f"{name} is in the {seen[name]} and the {table} table"
+            seen[name] = table

@@ -12,12 +12,13 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from tests.cache_helpers import PACKAGED, TEXTS, build, copy_model
-from worker.jobs import row_text
 from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel
 from worker.modelstore import CacheReloader, cache_snapshot, load_embedding_model
-from worker.pipeline import Pipeline, decode_vectors
-from worker.settings import Settings
+from worker.pipeline import Pipeline
+from worker.results import decode_vectors
+from worker.rowtext import row_text
+from worker.settings import WorkerSettings
 
 
 def job(i: int) -> bytes:
@@ -40,7 +41,7 @@ async def test_jobs_flow_through_generation_switches(
     (v2 / "README.md").write_text("generation two: other files, same weights")
     cache = tmp_path / "cache"
     build(cache, minilm=v1)
-    settings = Settings.from_env(
+    settings = WorkerSettings.from_env(
         {}, model_cache_path=str(cache), local_model_dir=str(tmp_path / "local"),
         embedding_model="minilm", reload_interval_seconds=0.1, llm_enabled=False,
     )  # fmt: skip
@@ -103,7 +104,7 @@ async def test_failed_reload_keeps_serving_the_current_model(
 ) -> None:
     cache = tmp_path / "cache"
     build(cache, minilm=copy_model(tmp_path / "v1"))
-    settings = Settings.from_env({}, model_cache_path=str(cache), embedding_model="minilm",
+    settings = WorkerSettings.from_env({}, model_cache_path=str(cache), embedding_model="minilm",
                                  local_model_dir=str(tmp_path / "local"))  # fmt: skip
     pipeline = Pipeline(settings, await load_embedding_model(settings))
     broken = copy_model(tmp_path / "broken")

@@ -15,10 +15,10 @@ import numpy as np
 import orjson
 import pytest
 
+from harness.pubsub import PubSubEnv, PubSubServerPool, free_port
+from harness.worker_proc import ROOT, WorkerProcess
 from tests.conftest import PipelineFactory
-from tests.pubsub_fixture import PubSubEnv, PubSubServerPool
-from tests.worker_proc import ROOT, WorkerProcess, free_port
-from worker.pipeline import decode_vectors
+from worker.results import decode_vectors
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -318,7 +318,7 @@ def test_submit_wait_writes_npy(
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     vectors = np.load(out)
     assert vectors.shape == (50, 384)
-    from worker.jobs import row_text
+    from worker.rowtext import row_text
 
     texts = [row_text(["name", "city"], [f"person {i}", f"city {i % 7}"]) for i in range(50)]
     want = make_pipeline().model._st.encode(texts, normalize_embeddings=True)

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.manifest import DONE_NAME, LOCK_NAME, MANIFEST_NAME, STATUS_NAME, read_cache, verify
-from sync.run import read_status
+from base.cache.manifest import DONE_NAME, LOCK_NAME, MANIFEST_NAME, STATUS_NAME, read_cache, verify
+from base.cache.status import read_status
 from tests.cache_helpers import copy_model, files_under, manifest, sync_cli
 
 DAY = 24 * 3600

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from sync.manifest import LOCK_NAME, TMP_DIR, read_cache, verify
+from base.cache.manifest import LOCK_NAME, TMP_DIR, read_cache, verify
 from tests.cache_helpers import PACKAGED, ROOT, build, copy_model, manifest, sync_cli
 from tests.hub_double import HubDouble
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
+from harness.pubsub import PubSubServer, unique_name
 from sync.listen import parse_event
 from tests.cache_helpers import ROOT, manifest
-from tests.pubsub_fixture import PubSubServer, unique_name
 
 
 class Lines:

@@ -14,11 +14,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from base.cache.status import read_status
+from harness.pubsub import PubSubEnv
 from sync.metrics import PUSH_JOB
-from sync.run import read_status
 from tests.cache_helpers import ROOT, manifest, sync_cli
 from tests.prometheus_server import Pushgateway, free_port, http_get, wait_for
-from tests.pubsub_fixture import PubSubEnv
 
 FILES = {"config.json": b"{}" * 50, "weights.bin": bytes(range(256)) * 8}  # 100 + 2048 bytes
 SIZE = sum(len(data) for data in FILES.values())
@@ -132,10 +132,11 @@ def test_listen_serves_metrics_health_and_readiness(tmp_path: Path, pubsub: PubS
         assert before["tabular_sync_runs_total{outcome=success}"] == 0.0
         assert before["tabular_cache_quota_bytes"] == float(QUOTA)
         server.publish(refresh, b"scheduled refresh")
-        after = wait_for(
-            lambda: (m := scrape(port))["tabular_sync_runs_total{outcome=success}"] == 1.0 and m,
-            timeout=60, message="one successful sync counted",
-        )  # fmt: skip
+        def after_one_sync() -> dict[str, float] | None:
+            metrics = scrape(port)
+            return metrics if metrics["tabular_sync_runs_total{outcome=success}"] == 1.0 else None
+
+        after = wait_for(after_one_sync, timeout=60, message="one successful sync counted")
         assert after["tabular_sync_files_total"] == float(len(FILES))
         assert after["tabular_sync_bytes_total"] == after["tabular_cache_size_bytes"] == SIZE
         assert after["tabular_sync_consecutive_failures"] == 0.0

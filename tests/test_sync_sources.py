@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.manifest import sha256_file, verify
+from base.cache.manifest import sha256_file, verify
 from sync.sources import ollama_manifest_path
 from tests.cache_helpers import PACKAGED, copy_model, manifest, sync_cli
 from tests.hub_double import HubDouble

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from tests.pubsub_fixture import PubSubEnv
+from base import pubsub as names
+from harness.pubsub import PubSubEnv
 from worker import transport
 
 
@@ -16,7 +17,7 @@ async def test_large_result_split_and_reassembled(
     for key, value in pubsub.env().items():
         monkeypatch.setenv(key, value)
     data = os.urandom(6_000_000).hex().encode()  # 12 MB: over the 10 MB message limit
-    publisher = transport.publisher_client()
+    publisher = names.publisher_client()
     await transport.publish(publisher, pubsub.results_topic, data, {"job_id": "huge"})
     publisher.stop()
     messages = pubsub.pull_results(2, timeout=60)
@@ -33,7 +34,7 @@ def test_small_result_is_one_message() -> None:
 
 
 def test_short_ids_need_a_project() -> None:
-    assert transport.full_name("topics", "t1", "p") == "projects/p/topics/t1"
-    assert transport.full_name("topics", "projects/q/topics/t", "") == "projects/q/topics/t"
+    assert names.full_name("topics", "t1", "p") == "projects/p/topics/t1"
+    assert names.full_name("topics", "projects/q/topics/t", "") == "projects/q/topics/t"
     with pytest.raises(ValueError, match="GOOGLE_CLOUD_PROJECT"):
-        transport.full_name("subscriptions", "s1", "")
+        names.full_name("subscriptions", "s1", "")

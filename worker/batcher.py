@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from worker.aio import cancel_and_wait
+from base.aio import cancel_and_wait
 
 _T = TypeVar("_T")
 Vectors = npt.NDArray[np.float32]

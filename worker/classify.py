@@ -16,7 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from worker.jobs import JobError, Label
+from worker.errors import JobError
+from worker.jobs import Label
 
 Vectors = npt.NDArray[np.float32]
 

@@ -7,8 +7,9 @@ import asyncio
 import sys
 from typing import BinaryIO
 
-from worker import logs
-from worker.settings import Settings, for_command
+from base import logs
+from base.env import load_settings
+from worker.settings import WorkerSettings
 
 log = logs.get("worker.cli")
 
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = for_command()
+    settings = load_settings(WorkerSettings)
     if settings is None:
         return 2
     if args.command == "run":
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     return _submit(settings, args)
 
 
-def _submit(settings: Settings, args: argparse.Namespace) -> int:
+def _submit(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from worker.submit import SubmitOptions, submit
 
     opts = SubmitOptions(
@@ -80,7 +81,7 @@ def _submit(settings: Settings, args: argparse.Namespace) -> int:
         return 2
 
 
-def _run(settings: Settings, args: argparse.Namespace) -> int:
+def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from worker import local
 
     concurrency = args.concurrency or settings.max_in_flight_jobs

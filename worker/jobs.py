@@ -1,4 +1,4 @@
-"""Job contract v1: decode and strictly validate job messages; build result messages.
+"""Job contract v1: decode and strictly validate a job message into a `Job`.
 
 Every way a payload can be wrong maps to a `JobError` with a stable `code` (documented in
 docs/jobs.md). Decoding never raises anything else: callers turn a `JobError` into an error
@@ -7,19 +7,17 @@ result, so no job is ever answered with silence.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import aiofiles
 import orjson
 
-Cell = str | int | float | bool | None
+from worker.errors import JobError
+from worker.rowtext import Cell, row_text, template_fields
+
 JobType = Literal["embed", "classify"]
 Method = Literal["auto", "zero_shot", "few_shot", "llm"]
 
@@ -31,26 +29,6 @@ _TOP_LEVEL = {
     "output",
 }  # fmt: skip
 MAX_JOB_ID_CHARS = 256
-
-# Codes whose jobs may succeed when retried: the transport nacks them (until the last attempt).
-RETRYABLE_CODES = frozenset({"llm_unavailable", "llm_timeout", "model_unavailable", "internal"})
-
-
-class JobError(Exception):
-    """A job that cannot be answered with a result; `code` is part of the contract."""
-
-    def __init__(
-        self, code: str, message: str, job_id: str | None = None, job_type: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.job_id = job_id
-        self.job_type = job_type
-
-    @property
-    def retryable(self) -> bool:
-        return self.code in RETRYABLE_CODES
 
 
 @dataclass(frozen=True)
@@ -195,7 +173,7 @@ def _table_or_source(job: Job, obj: dict[str, Any], limits: Limits) -> None:
     if table is not None:
         if not isinstance(table, dict) or set(table) - {"columns", "rows"}:
             raise JobError("invalid_field", "table must be an object with columns and rows")
-        job.columns = _columns(table.get("columns"))
+        job.columns = parse_columns(table.get("columns"))
         rows = table.get("rows")
         if not isinstance(rows, list):
             raise JobError("invalid_field", "table.rows must be a list of rows")
@@ -203,7 +181,7 @@ def _table_or_source(job: Job, obj: dict[str, Any], limits: Limits) -> None:
             raise JobError(
                 "too_many_rows", f"{len(rows)} rows; the limit is {limits.max_rows} per job"
             )
-        job.rows = [_row(r, i) for i, r in enumerate(rows)]
+        job.rows = [parse_row(r, i) for i, r in enumerate(rows)]
         return
     if not isinstance(source, dict) or set(source) - {"path", "format"}:
         raise JobError("invalid_field", "source must be an object with path (and format)")
@@ -217,7 +195,7 @@ def _table_or_source(job: Job, obj: dict[str, Any], limits: Limits) -> None:
     job.source_path, job.source_format = path, fmt
 
 
-def _columns(columns: Any) -> list[str]:
+def parse_columns(columns: Any) -> list[str]:
     if not isinstance(columns, list) or not columns:
         raise JobError("invalid_field", "table.columns must be a non-empty list of strings")
     if not all(isinstance(c, str) and c for c in columns):
@@ -227,7 +205,7 @@ def _columns(columns: Any) -> list[str]:
     return list(columns)
 
 
-def _row(row: Any, index: int) -> list[Cell]:
+def parse_row(row: Any, index: int) -> list[Cell]:
     if not isinstance(row, list):
         raise JobError("invalid_field", f"row {index} must be a list of cells")
     for cell in row:
@@ -278,7 +256,7 @@ def _text(job: Job, text: Any) -> None:
     if template is not None:
         if not isinstance(template, str) or not template:
             raise JobError("invalid_template", "text.template must be a non-empty string")
-        _template_fields(template)
+        template_fields(template)
         job.template = template
     if columns is not None:
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
@@ -286,25 +264,10 @@ def _text(job: Job, text: Any) -> None:
         job.text_columns = columns
 
 
-def _template_fields(template: str) -> list[str]:
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise JobError("invalid_template", f"text.template: {exc}") from None
-    names = []
-    for _, name, spec, conv in parsed:
-        if name is None:
-            continue
-        if not name or any(ch in name for ch in ".[]") or spec or conv:
-            raise JobError("invalid_template", "text.template fields must be plain {column} names")
-        names.append(name)
-    return names
-
-
 def _check_text_columns(job: Job) -> None:
     wanted = list(job.text_columns or [])
     if job.template is not None:
-        wanted += _template_fields(job.template)
+        wanted += template_fields(job.template)
     missing = sorted(set(wanted) - set(job.columns))
     if missing:
         raise JobError("invalid_template", f"unknown column(s) in text: {', '.join(missing)}")
@@ -390,7 +353,7 @@ def _examples(examples: Any, limits: Limits) -> list[Example]:
             raise JobError("invalid_field", f"example {i} must be {{row, label}}")
         if not isinstance(ex["label"], str) or not ex["label"]:
             raise JobError("invalid_field", f"example {i}: label must be a non-empty string")
-        out.append(Example(_row(ex["row"], i), ex["label"]))
+        out.append(Example(parse_row(ex["row"], i), ex["label"]))
     return out
 
 
@@ -398,119 +361,3 @@ def _kind(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number"
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# sources: CSV / JSONL files under the data root
-
-
-def resolve_source(data_root: str, path: str) -> Path:
-    """The file `path` names under `data_root`, refusing anything that escapes it."""
-    rel = Path(path)
-    if rel.is_absolute() or ".." in rel.parts or "\x00" in path:
-        raise JobError("path_outside_root", f"source.path {path!r} must be relative, without ..")
-    root = Path(data_root).resolve()
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root):
-        raise JobError("path_outside_root", f"source.path {path!r} leaves the data root")
-    if not target.is_file():
-        raise JobError("source_not_found", f"source.path {path!r} is not a file under the root")
-    return target
-
-
-async def load_source(job: Job, data_root: str, limits: Limits) -> None:
-    """Fill `job.columns`/`job.rows` from its source file, then apply the table checks."""
-    assert job.source_path is not None
-    target = resolve_source(data_root, job.source_path)
-    size = target.stat().st_size
-    if size > limits.max_job_bytes:
-        raise JobError(
-            "job_too_large", f"source is {size} bytes; the limit is {limits.max_job_bytes}"
-        )
-    async with aiofiles.open(target, "rb") as fh:
-        raw = await fh.read()
-    if b"\x00" in raw:
-        raise JobError("source_unreadable", "source file is binary, not CSV/JSONL text")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise JobError("source_unreadable", "source file is not UTF-8 text") from None
-    if job.source_format == "csv":
-        job.columns, job.rows = _parse_csv(text, limits)
-    else:
-        job.columns, job.rows = _parse_jsonl(text, limits)
-    check_table(job, limits)
-
-
-def _parse_csv(text: str, limits: Limits) -> tuple[list[str], list[list[Cell]]]:
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, None)
-        if header is None:
-            raise JobError("empty_table", "the CSV file is empty")
-        columns = _columns(header)
-        rows: list[list[Cell]] = []
-        for row in reader:
-            if not row:
-                continue
-            rows.append(list(row))
-            if len(rows) > limits.max_rows:
-                raise JobError("too_many_rows", f"more than {limits.max_rows} rows in the file")
-    except csv.Error as exc:
-        raise JobError("source_unreadable", f"CSV: {exc}") from None
-    return columns, rows
-
-
-def _parse_jsonl(text: str, limits: Limits) -> tuple[list[str], list[list[Cell]]]:
-    records: list[dict[str, Any]] = []
-    columns: dict[str, None] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise JobError("source_unreadable", f"JSONL line {lineno}: {exc}") from None
-        if not isinstance(record, dict):
-            raise JobError("source_unreadable", f"JSONL line {lineno} is not an object")
-        records.append(record)
-        columns.update(dict.fromkeys(record))
-        if len(records) > limits.max_rows:
-            raise JobError("too_many_rows", f"more than {limits.max_rows} rows in the file")
-    names = list(columns)
-    if not names:
-        raise JobError("empty_table", "the JSONL file has no records")
-    rows = [_row([r.get(c) for c in names], i) for i, r in enumerate(records)]
-    return _columns(names), rows
-
-
-# ---------------------------------------------------------------------------------------------
-# rows -> text
-
-
-def row_text(
-    columns: list[str],
-    row: list[Cell],
-    template: str | None = None,
-    text_columns: list[str] | None = None,
-) -> str:
-    """Default `col: value; col: value` (empty cells left out), or the job's template."""
-    values = dict(zip(columns, row, strict=False))
-    if template is not None:
-        return template.format_map({k: _cell_text(v) for k, v in values.items()})
-    names = text_columns if text_columns is not None else columns
-    return "; ".join(
-        f"{name}: {_cell_text(values.get(name))}"
-        for name in names
-        if values.get(name) is not None and values.get(name) != ""
-    )
-
-
-def _cell_text(value: Cell) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return str(value)

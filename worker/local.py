@@ -13,16 +13,16 @@ from typing import BinaryIO
 
 import aiofiles
 
-from worker import logs
+from base import logs
 from worker.classify import LlmClassifier
 from worker.modelstore import load_embedding_model
 from worker.pipeline import Pipeline
-from worker.settings import Settings
+from worker.settings import WorkerSettings
 
 log = logs.get(__name__)
 
 
-async def run(settings: Settings, input_path: str, output: BinaryIO, concurrency: int) -> int:
+async def run(settings: WorkerSettings, input_path: str, output: BinaryIO, concurrency: int) -> int:
     """Process every job line; returns the number of error results."""
     model = await load_embedding_model(settings)
     llm = (

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from worker import logs
+from base import logs
 from worker.settings import PACKAGED_MODEL
 
 log = logs.get(__name__)

@@ -3,11 +3,11 @@
 With the shared cache enabled (default) a start first tries the cache: `.done` must match the
 manifest, the configured model must be in it, and its files must match their checksums as they
 are copied out (strategy `copy`) or read in place (`mount`). Anything else is a miss with one of
-the fixed reasons in `sync.manifest.MISS_REASONS`, and the model comes from local storage
+the fixed reasons in `base.cache.manifest.MISS_REASONS`, and the model comes from local storage
 instead: the packaged MiniLM, a local directory, a TABULAR_SYNC_MODELS source, or a hub download
 into TABULAR_LOCAL_MODEL_DIR — never into the shared cache. A corrupt model is never served.
 
-The cache is read only through `sync` (manifest, checks, verified copy).
+The cache is read only through `base.cache` (manifest, checks, verified copy).
 """
 
 from __future__ import annotations
@@ -25,18 +25,20 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sync.cache_copy import (
+from base import logs
+from base.cache.copy import (
     ChecksumMismatch,
     InsufficientSpace,
     copy_verified,
     ensure_free_space,
     verify_files,
 )
-from sync.manifest import HIT, ModelEntry, find_model, read_cache, read_done, safe_path
-from worker import logs
+from base.cache.manifest import HIT, ModelEntry, find_model, read_cache, read_done, safe_path
+from base.cache.specs import HF_IGNORE, SpecError, configured_source
+from base.cache.status import cache_status
 from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel, ModelInfo, local_model_dir
-from worker.settings import Settings
+from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from worker.pipeline import Pipeline
@@ -51,7 +53,7 @@ class ModelStoreError(RuntimeError):
 @dataclass(frozen=True)
 class CacheLookup:
     cache_hit: bool
-    reason: str  # "hit" or one of sync.manifest.MISS_REASONS
+    reason: str  # "hit" or one of base.cache.manifest.MISS_REASONS
     generation: int = 0
     detail: str = ""
 
@@ -60,7 +62,7 @@ _last_lookup: CacheLookup | None = None  # this process's start, for cache_snaps
 
 
 async def load_embedding_model(
-    settings: Settings, metrics: WorkerMetrics | None = None
+    settings: WorkerSettings, metrics: WorkerMetrics | None = None
 ) -> EmbeddingModel:
     """Load in a worker thread so the event loop (health checks) keeps answering meanwhile."""
     global _last_lookup
@@ -79,7 +81,7 @@ async def load_embedding_model(
     return model
 
 
-def cache_snapshot(settings: Settings, model: EmbeddingModel) -> dict[str, Any]:
+def cache_snapshot(settings: WorkerSettings, model: EmbeddingModel) -> dict[str, Any]:
     """Cache state for /readyz: what this start found, what is loaded, what is committed now."""
     root = Path(settings.model_cache_path)
     committed = current_generation(settings)
@@ -95,8 +97,8 @@ def cache_snapshot(settings: Settings, model: EmbeddingModel) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def export_sync_status(settings: Settings, metrics: WorkerMetrics) -> None:
-    """Set the sync/cache gauges from the cache's sync-status.json, read through `sync`.
+def export_sync_status(settings: WorkerSettings, metrics: WorkerMetrics) -> None:
+    """Set the sync/cache gauges from the cache's sync-status.json, read through `base.cache`.
 
     Cheap (one small file read, plus the manifest only for a status file older than the
     `cache_size_bytes` field); the worker calls it whenever /metrics is scraped.
@@ -104,7 +106,6 @@ def export_sync_status(settings: Settings, metrics: WorkerMetrics) -> None:
     root = Path(settings.model_cache_path)
     if not settings.shared_model_volume_enabled or not root.is_dir():
         return
-    from sync.run import cache_status
 
     status = cache_status(root)
     if status is not None:
@@ -113,7 +114,7 @@ def export_sync_status(settings: Settings, metrics: WorkerMetrics) -> None:
         )
 
 
-def current_generation(settings: Settings) -> int | None:
+def current_generation(settings: WorkerSettings) -> int | None:
     """The committed cache generation (one small read of `.done`), None without a valid marker."""
     if not settings.shared_model_volume_enabled:
         return None
@@ -121,7 +122,7 @@ def current_generation(settings: Settings) -> int | None:
     return done.generation if done is not None else None
 
 
-def _load(settings: Settings) -> tuple[EmbeddingModel, CacheLookup]:
+def _load(settings: WorkerSettings) -> tuple[EmbeddingModel, CacheLookup]:
     threading.Thread(target=_preimport, name="preimport", daemon=True).start()
     lookup, model = try_cache(settings)
     if model is None:
@@ -141,7 +142,7 @@ def _preimport() -> None:
         pass  # the load itself reports import problems
 
 
-def try_cache(settings: Settings) -> tuple[CacheLookup, EmbeddingModel | None]:
+def try_cache(settings: WorkerSettings) -> tuple[CacheLookup, EmbeddingModel | None]:
     """Blocking: the warmed model from the cache, or why not (the reason goes to logs/metrics)."""
     if not settings.shared_model_volume_enabled:
         return CacheLookup(False, "disabled"), None
@@ -170,7 +171,7 @@ def try_cache(settings: Settings) -> tuple[CacheLookup, EmbeddingModel | None]:
 
 
 def load_cached(
-    settings: Settings, root: Path, entry: ModelEntry, generation: int
+    settings: WorkerSettings, root: Path, entry: ModelEntry, generation: int
 ) -> EmbeddingModel:
     """Blocking: a verified copy (`copy`) or an in-place check (`mount`), then load and warm."""
     if settings.model_load_strategy == "mount":
@@ -187,7 +188,9 @@ def load_cached(
         raise
 
 
-def _load_dir(settings: Settings, path: Path, entry: ModelEntry, generation: int) -> EmbeddingModel:
+def _load_dir(
+    settings: WorkerSettings, path: Path, entry: ModelEntry, generation: int
+) -> EmbeddingModel:
     info = ModelInfo(settings.embedding_model, str(path), "cache", generation, entry.revision)
     model = EmbeddingModel.load(path, info)
     model.warm_up()
@@ -198,7 +201,7 @@ def _load_dir(settings: Settings, path: Path, entry: ModelEntry, generation: int
 # local storage (a miss, or the cache disabled)
 
 
-def load_local(settings: Settings) -> EmbeddingModel:
+def load_local(settings: WorkerSettings) -> EmbeddingModel:
     """Blocking: load and warm the configured model from local storage."""
     try:
         path, source = resolve_local(settings)
@@ -214,7 +217,7 @@ def load_local(settings: Settings) -> EmbeddingModel:
     return model
 
 
-def resolve_local(settings: Settings) -> tuple[Path | str, str]:
+def resolve_local(settings: WorkerSettings) -> tuple[Path | str, str]:
     """Where the model is without the cache: (directory or hub id, source).
 
     A name configured in TABULAR_SYNC_MODELS uses its source: file:// is loaded in place (an
@@ -233,11 +236,9 @@ def resolve_local(settings: Settings) -> tuple[Path | str, str]:
     return path, kind  # offline: sentence-transformers looks in its own local caches only
 
 
-def download_local(settings: Settings, repo: str, revision: str | None) -> Path:
+def download_local(settings: WorkerSettings, repo: str, revision: str | None) -> Path:
     """Download a hub model into TABULAR_LOCAL_MODEL_DIR after checking it fits."""
     from huggingface_hub import HfApi, snapshot_download
-
-    from sync.sources import HF_IGNORE
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
     dest = Path(settings.local_model_dir) / "hub" / _slug(repo)
@@ -254,15 +255,12 @@ def download_local(settings: Settings, repo: str, revision: str | None) -> Path:
     return dest
 
 
-def _configured_source(settings: Settings, name: str) -> str:
-    from sync.run import SpecError, parse_specs
-
+def _configured_source(settings: WorkerSettings, name: str) -> str:
     try:
-        specs = parse_specs(settings.sync_models)
+        return configured_source(settings.sync_models, name)
     except SpecError as exc:
         log.warning("TABULAR_SYNC_MODELS ignored", extra={"error": str(exc)})
         return ""
-    return next((s.source for s in specs if s.name == name), "")
 
 
 def _offline() -> bool:
@@ -285,7 +283,7 @@ class CacheReloader:
     no job is dropped or sees two models; then the old model and its local copy are freed.
     """
 
-    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self._failed_generation = 0

@@ -11,18 +11,18 @@ retryable error. `snapshot()` is what /readyz shows.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from sync.cache_copy import copy_verified
-from sync.manifest import find_model, read_cache
-from worker import logs
-from worker.aio import cancel_and_wait
-from worker.jobs import JobError
+from base import logs
+from base.aio import cancel_and_wait
+from base.cache.copy import copy_verified
+from base.cache.manifest import find_model, read_cache
+from base.env import inside
+from worker.errors import JobError
 from worker.metrics import WorkerMetrics
-from worker.settings import Settings
+from worker.settings import WorkerSettings
 
 log = logs.get(__name__)
 _PROGRESS_EVERY = 2.0
@@ -34,7 +34,7 @@ class OllamaUnavailable(RuntimeError):
 
 
 class OllamaState:
-    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> None:
         from ollama import AsyncClient
 
         self.settings = settings
@@ -145,7 +145,7 @@ class OllamaState:
         if not self.settings.shared_model_volume_enabled or not dest:
             return False
         root = Path(self.settings.model_cache_path)
-        if _inside(dest, str(root)):
+        if inside(dest, str(root)):
             log.warning("OLLAMA_MODELS lies inside the cache: not copying", extra={"dest": dest})
             return False
         state = await asyncio.to_thread(read_cache, root)
@@ -202,8 +202,3 @@ class OllamaState:
         if self.error and self.state == "starting":
             detail += f"; last error: {self.error}"
         return f"the LLM {self.model} is not ready after {waited:g} s (Ollama: {detail})"
-
-
-def _inside(path: str, root: str) -> bool:
-    child, parent = os.path.abspath(path), os.path.abspath(root)
-    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)

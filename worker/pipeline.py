@@ -7,46 +7,29 @@ whether redelivery could help.
 
 from __future__ import annotations
 
-import base64
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
-from worker import logs
+from base import logs
 from worker.batcher import Batcher, ModelError, Vectors
 from worker.classify import LlmClassifier, Prediction, few_shot, normalize, zero_shot
-from worker.jobs import Job, JobError, Limits, decode, load_source
+from worker.errors import JobError
+from worker.jobs import Job, Limits, decode
 from worker.metrics import WorkerMetrics, job_type_label
 from worker.model import EmbeddingModel
-from worker.settings import Settings
+from worker.results import Outcome, encode_vectors, error_outcome, timings
+from worker.settings import WorkerSettings
+from worker.sources import load_source
 
 log = logs.get(__name__)
-
-
-@dataclass
-class Outcome:
-    result: dict[str, Any]
-    job_id: str | None
-    type: str | None
-    rows: int = 0
-    code: str = ""
-    retryable: bool = False
-
-    @property
-    def status(self) -> str:
-        return str(self.result["status"])
-
-    def data(self) -> bytes:
-        return orjson.dumps(self.result)
 
 
 class Pipeline:
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         model: EmbeddingModel,
         *,
         metrics: WorkerMetrics | None = None,
@@ -79,18 +62,20 @@ class Pipeline:
             if job.source_path is not None:
                 await load_source(job, self.settings.data_root, self.limits)
             body = await self._process(job)
-            body["timings"] = _timings(started, decoded)
+            body["timings"] = timings(started, decoded)
             outcome = Outcome(body, job.job_id, job.type, rows=len(job.rows))
         except JobError as exc:
             job_id, job_type = (job.job_id, job.type) if job else (exc.job_id, exc.job_type)
-            outcome = _error(job_id, job_type, exc.code, exc.message, started)
+            outcome = error_outcome(job_id, job_type, exc.code, exc.message, started)
         except ModelError as exc:
             job_id, job_type = (job.job_id, job.type) if job else (None, None)
-            outcome = _error(job_id, job_type, "model_unavailable", str(exc), started)
+            outcome = error_outcome(job_id, job_type, "model_unavailable", str(exc), started)
         except Exception as exc:  # a bug must cost one job an error result, never the worker
             log.exception("job failed unexpectedly", extra={"job_id": job and job.job_id})
             job_id, job_type = (job.job_id, job.type) if job else (None, None)
-            outcome = _error(job_id, job_type, "internal", f"internal error: {exc!r}", started)
+            outcome = error_outcome(
+                job_id, job_type, "internal", f"internal error: {exc!r}", started
+            )
         if self.metrics is not None:
             self._count(outcome)
         return outcome
@@ -167,44 +152,3 @@ class Pipeline:
             self.metrics.rows.labels(job_type).inc(outcome.rows)
         seconds = outcome.result.get("timings", {}).get("total_ms", 0.0) / 1000
         self.metrics.inference_seconds.labels(job_type).observe(seconds)
-
-
-def encode_vectors(vectors: Vectors, fmt: str) -> dict[str, Any]:
-    """base64 of little-endian float32 (compact: 4 bytes a value), or plain lists."""
-    shape = [int(vectors.shape[0]), int(vectors.shape[1]) if vectors.ndim == 2 else 0]
-    if fmt == "list":
-        return {"format": "list", "shape": shape, "data": vectors.astype(float).tolist()}
-    data = base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode()
-    return {"format": "base64", "dtype": "float32", "byteorder": "little", "shape": shape,
-            "data": data}  # fmt: skip
-
-
-def decode_vectors(embeddings: dict[str, Any]) -> Vectors:
-    """Inverse of `encode_vectors` (for clients: `submit`, tests, examples)."""
-    rows, dims = embeddings["shape"]
-    if embeddings["format"] == "list":
-        return np.asarray(embeddings["data"], dtype=np.float32).reshape(rows, dims)
-    raw = base64.b64decode(embeddings["data"])
-    return np.frombuffer(raw, dtype="<f4").reshape(rows, dims).astype(np.float32)
-
-
-def _timings(started: float, decoded: float) -> dict[str, float]:
-    now = time.perf_counter()
-    return {
-        "decode_ms": round((decoded - started) * 1000, 3),
-        "total_ms": round((now - started) * 1000, 3),
-    }
-
-
-def _error(
-    job_id: str | None, job_type: str | None, code: str, message: str, started: float
-) -> Outcome:
-    retryable = JobError(code, message).retryable
-    body = {
-        "job_id": job_id,
-        "status": "error",
-        "type": job_type,
-        "error": {"code": code, "message": message, "retryable": retryable},
-        "timings": {"total_ms": round((time.perf_counter() - started) * 1000, 3)},
-    }
-    return Outcome(body, job_id, job_type, code=code, retryable=retryable)

@@ -18,9 +18,10 @@ import orjson
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from worker import logs, transport
+from base import logs, pubsub
+from base.http import HealthServer
+from worker import transport
 from worker.classify import LlmClassifier
-from worker.health import HealthServer
 from worker.metrics import WorkerMetrics, job_type_label
 from worker.modelstore import (
     CacheReloader,
@@ -29,8 +30,9 @@ from worker.modelstore import (
     load_embedding_model,
 )
 from worker.ollama_state import OllamaState
-from worker.pipeline import Outcome, Pipeline
-from worker.settings import Settings
+from worker.pipeline import Pipeline
+from worker.results import Outcome
+from worker.settings import WorkerSettings
 from worker.transport import Consumer, Received
 
 log = logs.get(__name__)
@@ -67,7 +69,7 @@ class RecentResults:
 
 
 class Service:
-    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.pipeline: Pipeline | None = None
@@ -123,17 +125,17 @@ class Service:
 
     async def _serve(self) -> int:
         s = self.settings
-        subscriber = transport.subscriber_client()
-        self._publisher = transport.publisher_client()
-        self.subscription = transport.full_name("subscriptions", s.jobs_subscription, s.project)
-        project = transport.project_of(self.subscription)
-        self.results_topic = transport.full_name("topics", s.results_topic, project)
+        subscriber = pubsub.subscriber_client()
+        self._publisher = pubsub.publisher_client()
+        self.subscription = pubsub.full_name("subscriptions", s.jobs_subscription, s.project)
+        project = pubsub.project_of(self.subscription)
+        self.results_topic = pubsub.full_name("topics", s.results_topic, project)
         if s.create_resources:
             transport.ensure_resources(
                 self._publisher, subscriber,
-                jobs_topic=transport.full_name("topics", s.jobs_topic, project),
+                jobs_topic=pubsub.full_name("topics", s.jobs_topic, project),
                 subscription=self.subscription, results_topic=self.results_topic,
-                dead_letter_topic=transport.full_name("topics", s.dead_letter_topic, project),
+                dead_letter_topic=pubsub.full_name("topics", s.dead_letter_topic, project),
                 max_delivery_attempts=s.max_delivery_attempts,
             )  # fmt: skip
         await self._check_subscription(subscriber)

@@ -19,9 +19,10 @@ import numpy as np
 import orjson
 from google.cloud import pubsub_v1
 
-from worker import logs, transport
-from worker.pipeline import decode_vectors
-from worker.settings import Settings
+from base import logs, pubsub
+from worker import transport
+from worker.results import decode_vectors
+from worker.settings import WorkerSettings
 from worker.transport import Consumer, Reassembler, Received
 
 log = logs.get(__name__)
@@ -83,11 +84,11 @@ def build_jobs(opts: SubmitOptions) -> list[dict[str, Any]]:
     return jobs
 
 
-async def submit(settings: Settings, opts: SubmitOptions) -> int:
+async def submit(settings: WorkerSettings, opts: SubmitOptions) -> int:
     project = settings.project
-    topic = transport.full_name("topics", settings.jobs_topic, project)
+    topic = pubsub.full_name("topics", settings.jobs_topic, project)
     jobs = build_jobs(opts)
-    publisher = transport.publisher_client()
+    publisher = pubsub.publisher_client()
     results: dict[str, dict[str, Any]] = {}
     waiter: asyncio.Task[None] | None = None
     stop = asyncio.Event()
@@ -141,7 +142,7 @@ async def _until_complete(
 
 
 async def _gather(
-    settings: Settings,
+    settings: WorkerSettings,
     opts: SubmitOptions,
     submitted: _Submitted,
     results: dict[str, dict[str, Any]],
@@ -150,7 +151,7 @@ async def _gather(
     wanted = set(submitted.job_ids)
     parts = Reassembler()
     name = opts.results_subscription or f"{settings.results_topic}-sub"
-    subscription = transport.full_name("subscriptions", name, settings.project)
+    subscription = pubsub.full_name("subscriptions", name, settings.project)
 
     async def on_result(msg: Received) -> bool:
         job_id = msg.attributes.get("job_id", "")
@@ -162,7 +163,7 @@ async def _gather(
         return True
 
     flow = pubsub_v1.types.FlowControl(max_messages=1000)
-    consumer = Consumer(transport.subscriber_client(), subscription, on_result, flow)
+    consumer = Consumer(pubsub.subscriber_client(), subscription, on_result, flow)
     await consumer.run(stop)
     await consumer.stop_pulling()
 

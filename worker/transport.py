@@ -1,4 +1,4 @@
-"""Pub/Sub plumbing: clients, resource names, the thread->asyncio bridge, and result publishing.
+"""The worker's Pub/Sub transport: streaming pull bridged into asyncio, and result publishing.
 
 The official client runs streaming pull and callbacks on its own threads; everything here keeps
 those threads short (hand the message to the event loop and return) and never blocks the loop
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -18,54 +17,12 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
 
-from worker import logs
+from base import logs
 
 log = logs.get(__name__)
 
 # Pub/Sub's limit is 10 MB per message including attributes; stay well under it.
 MAX_PART_BYTES = 9_000_000
-_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-
-
-def full_name(kind: str, name: str, project: str) -> str:
-    """`projects/P/{kind}/ID` from a full path or a short ID plus the project."""
-    if name.startswith("projects/"):
-        return name
-    if not project:
-        raise ValueError(f"{name!r} is a short {kind[:-1]} ID: set GOOGLE_CLOUD_PROJECT")
-    return f"projects/{project}/{kind}/{name}"
-
-
-def project_of(path: str) -> str:
-    return path.split("/")[1]
-
-
-def _emulator_host() -> str:
-    return os.environ.get("PUBSUB_EMULATOR_HOST", "")
-
-
-def subscriber_client() -> pubsub_v1.SubscriberClient:
-    """In emulator mode the client's own insecure channel keeps gRPC's 4 MB receive limit,
-    so a pulled batch over 4 MB would fail forever; build the channel ourselves."""
-    host = _emulator_host()
-    if not host:
-        return pubsub_v1.SubscriberClient()
-    import grpc
-    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-
-    channel = grpc.insecure_channel(host, options=_UNLIMITED)
-    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
-
-
-def publisher_client(**kwargs: Any) -> pubsub_v1.PublisherClient:
-    host = _emulator_host()
-    if not host:
-        return pubsub_v1.PublisherClient(**kwargs)
-    import grpc
-    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
-
-    channel = grpc.insecure_channel(host, options=_UNLIMITED)
-    return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

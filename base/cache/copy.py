@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sync.manifest import FileEntry, ModelEntry, safe_path, sha256_file
+from base.cache.manifest import FileEntry, ModelEntry, safe_path, sha256_file
 
 CHUNK_BYTES = 8 << 20
 FREE_SPACE_MARGIN = 0.05  # keep 5 % of the target's free space unused

@@ -1,19 +1,21 @@
-"""HTTP on $PORT: /healthz (alive), /readyz (ready to take jobs, with component state), /metrics.
+"""HTTP for both programs: /healthz (alive), /readyz (ready, with component state), /metrics.
 
 A few plain GET endpoints do not justify a web framework; asyncio's streams serve them on the
-worker's own event loop, so the answers reflect the loop's real health.
+worker's own event loop, so the answers reflect the loop's real health. `tabular-sync listen`,
+which has no event loop of its own, runs the same server in a thread (`HttpThread`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from worker import logs
+from base import logs
 
 log = logs.get(__name__)
 
@@ -86,3 +88,24 @@ class HealthServer:
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return "404 Not Found", "text/plain", b"not found\n"
+
+
+class HttpThread:
+    """`HealthServer` on an event loop of its own, in a daemon thread."""
+
+    def __init__(self, port: int, readiness: ReadinessProbe) -> None:
+        self.server = HealthServer(port, readiness)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
+
+    def start(self) -> None:
+        """Bind the port (raises OSError when it cannot), then serve in the thread."""
+        self._loop.run_until_complete(self.server.start())
+        self._thread.start()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -1,0 +1,55 @@
+"""Pub/Sub names and clients, the same for both programs.
+
+In emulator mode (PUBSUB_EMULATOR_HOST) the official client builds a plain channel that keeps
+gRPC's 4 MB receive limit, while Pub/Sub messages reach 10 MB: a pulled batch over 4 MB would
+fail forever. The clients here get a channel without that limit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from google.cloud import pubsub_v1
+
+_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def full_name(kind: str, name: str, project: str) -> str:
+    """`projects/P/{kind}/ID` from a full path or a short ID plus the project."""
+    if name.startswith("projects/"):
+        return name
+    if not project:
+        raise ValueError(f"{name!r} is a short {kind[:-1]} ID: set GOOGLE_CLOUD_PROJECT")
+    return f"projects/{project}/{kind}/{name}"
+
+
+def project_of(path: str) -> str:
+    return path.split("/")[1]
+
+
+def _emulator_host() -> str:
+    return os.environ.get("PUBSUB_EMULATOR_HOST", "")
+
+
+def subscriber_client() -> pubsub_v1.SubscriberClient:
+    """A subscriber; in emulator mode on a channel without the 4 MB receive limit."""
+    host = _emulator_host()
+    if not host:
+        return pubsub_v1.SubscriberClient()
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    channel = grpc.insecure_channel(host, options=_UNLIMITED)
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
+def publisher_client(**kwargs: Any) -> pubsub_v1.PublisherClient:
+    host = _emulator_host()
+    if not host:
+        return pubsub_v1.PublisherClient(**kwargs)
+    import grpc
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    channel = grpc.insecure_channel(host, options=_UNLIMITED)
+    return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel), **kwargs)
