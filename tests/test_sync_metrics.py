@@ -132,6 +132,7 @@ def test_listen_serves_metrics_health_and_readiness(tmp_path: Path, pubsub: PubS
         assert before["tabular_sync_runs_total{outcome=success}"] == 0.0
         assert before["tabular_cache_quota_bytes"] == float(QUOTA)
         server.publish(refresh, b"scheduled refresh")
+
         def after_one_sync() -> dict[str, float] | None:
             metrics = scrape(port)
             return metrics if metrics["tabular_sync_runs_total{outcome=success}"] == 1.0 else None
