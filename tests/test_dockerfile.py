@@ -132,12 +132,13 @@ def test_dependency_layers_come_before_the_code(
     deps = _index(builder, r"uv pip install -r \S+pyproject\.toml -c \S+requirements\.lock")
     assert torch < copy_lock < deps
     for instr in builder.instrs:
-        assert not re.search(r"^COPY .*\b(base|worker|sync)/", f"{instr.cmd} {instr.args}"), (
+        assert not re.search(r"^COPY .*\b(base|engine|worker|sync)/", f"{instr.cmd} {instr.args}"), (
             "application code must not enter the dependency stage"
         )
     runtime = by_name["runtime"].instrs
-    assert [f"{i.cmd} {i.args}" for i in runtime[-3:]] == [
+    assert [f"{i.cmd} {i.args}" for i in runtime[-4:]] == [
         "COPY base/ /opt/app/base/",
+        "COPY engine/ /opt/app/engine/",
         "COPY worker/ /opt/app/worker/",
         "COPY sync/ /opt/app/sync/",
     ], "the application code must be the last layers"

@@ -1,13 +1,13 @@
 """Imports run one way (docs/architecture.md):
 
-    base (shared base, cache format)  <-  worker
-                                      <-  sync
+    base (shared base, cache format)  <-  engine (inference)  <-  worker
+                                      <-                      <-  sync
     harness (test and bench servers)  <-  tests, bench
 
-`sync` never imports `worker` and `worker` never imports `sync`; `base` imports neither program;
-the programs import neither `harness`, `tests` nor `bench`; `bench` and `harness` never import
-`tests`. Every import statement counts, including those inside functions and under
-TYPE_CHECKING.
+`sync` never imports `worker` and `worker` never imports `sync`; `base` imports no other package
+of the project, `engine` only `base`; the programs import neither `harness`, `tests` nor `bench`;
+`bench` and `harness` never import `tests`. Every import statement counts, including those
+inside functions and under TYPE_CHECKING.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("base", "worker", "sync", "harness", "bench", "tests")
+PACKAGES = ("base", "engine", "worker", "sync", "harness", "bench", "tests")
 # package -> top-level packages of this project it must never import
 FORBIDDEN = {
-    "base": {"worker", "sync", "harness", "bench", "tests"},
+    "base": {"engine", "worker", "sync", "harness", "bench", "tests"},
+    "engine": {"worker", "sync", "harness", "bench", "tests"},
     "worker": {"sync", "harness", "bench", "tests"},
     "sync": {"worker", "harness", "bench", "tests"},
-    "harness": {"worker", "sync", "bench", "tests"},
+    "harness": {"engine", "worker", "sync", "bench", "tests"},
     "bench": {"tests"},
     "tests": set(),
 }

@@ -1,86 +1,21 @@
-"""Classification methods behind one shape: rows in, (label, score, scores per label) out.
+"""Classification by an LLM: Ollama asked one row at a time, its answer checked.
 
-zero_shot and few_shot work on embeddings the batcher already computed; llm asks an Ollama
-model one row at a time with JSON-constrained output and checks its answer against the labels.
+The embedding-space methods (zero_shot, few_shot) are in `engine.heads`; all three give the same
+shape: (label, score, scores per label) per row.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import numpy as np
-import numpy.typing as npt
 import orjson
 
+from engine.heads import Prediction
 from worker.errors import JobError
 from worker.jobs import Label
-
-Vectors = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float
-    scores: dict[str, float]
-
-
-def normalize(vectors: Vectors) -> Vectors:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    out: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out
-
-
-def _predictions(probs: npt.NDArray[np.float64], names: list[str]) -> list[Prediction]:
-    best = probs.argmax(axis=1)
-    return [
-        Prediction(
-            names[int(b)],
-            round(float(p[b]), 6),
-            {n: round(float(v), 6) for n, v in zip(names, p, strict=True)},
-        )
-        for b, p in zip(best, probs, strict=True)
-    ]
-
-
-def zero_shot(
-    rows: Vectors, labels: Vectors, names: list[str], temperature: float
-) -> list[Prediction]:
-    """Softmax over cosine similarities divided by `temperature`.
-
-    Cosines of sentence embeddings crowd into a narrow band (~0.1-0.6), so T=1 would give
-    near-uniform scores; the default T=0.05 spreads them into usable confidences while
-    keeping the ranking identical to raw cosine.
-    """
-    sims = normalize(rows).astype(np.float64) @ normalize(labels).astype(np.float64).T
-    logits = sims / max(temperature, 1e-6)
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return _predictions(exp / exp.sum(axis=1, keepdims=True), names)
-
-
-def few_shot(
-    examples: Vectors, example_labels: list[str], rows: Vectors, names: list[str]
-) -> list[Prediction]:
-    """LogisticRegression on the job's labelled example rows; scores from predict_proba."""
-    from sklearn.linear_model import LogisticRegression
-
-    classes = sorted(set(example_labels))
-    if len(classes) < 2:
-        raise JobError("too_few_classes", "few_shot needs examples of at least two labels")
-    clf = LogisticRegression(max_iter=1000)
-    clf.fit(normalize(examples), example_labels)
-    fitted = list(clf.classes_)
-    probs = np.zeros((len(rows), len(names)))
-    proba = clf.predict_proba(normalize(rows))
-    for j, name in enumerate(fitted):
-        probs[:, names.index(name)] = proba[:, j]
-    return _predictions(probs, names)
-
 
 # ---------------------------------------------------------------------------------------------
 # llm

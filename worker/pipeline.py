@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from base import logs
+from engine.heads import Prediction, few_shot, normalize, zero_shot
 from worker.batcher import Batcher, ModelError, Vectors
-from worker.classify import LlmClassifier, Prediction, few_shot, normalize, zero_shot
+from worker.classify import LlmClassifier
 from worker.errors import JobError
 from worker.jobs import Job, Limits, decode
 from worker.metrics import WorkerMetrics, job_type_label
