@@ -132,7 +132,8 @@ def test_dependency_layers_come_before_the_code(
     deps = _index(builder, r"uv pip install -r \S+pyproject\.toml -c \S+requirements\.lock")
     assert torch < copy_lock < deps
     for instr in builder.instrs:
-        assert not re.search(r"^COPY .*\b(base|engine|worker|sync)/", f"{instr.cmd} {instr.args}"), (
+        line = f"{instr.cmd} {instr.args}"
+        assert not re.search(r"^COPY .*\b(base|engine|worker|sync)/", line), (
             "application code must not enter the dependency stage"
         )
     runtime = by_name["runtime"].instrs
