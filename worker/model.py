@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ _PACKAGED_ALIASES = {PACKAGED_MODEL, f"sentence-transformers/{PACKAGED_MODEL}", 
 # 32 similar-length rows: less padding and smaller activations than one pass of 64. On a
 # 2-core CPU, encode alone ran 1.1-1.2x the rows/s of one 64-row pass (docs/benchmarks.md).
 FORWARD_BATCH = 32
+# Characters tokenized (untruncated, to count tokens) in one tokenizer call: the tokenizer's
+# memory grows with the text it holds at once, so long rows are counted a few at a time.
+COUNT_CHUNK_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,7 @@ class EmbeddingModel:
 
         Normalisation is per job (an output option), so it happens after batching.
         """
-        tokenized = self._st.tokenizer(texts, add_special_tokens=True, truncation=False)
-        counts = np.fromiter((len(ids) for ids in tokenized["input_ids"]), np.int64, len(texts))
+        counts = np.fromiter(self._token_counts(texts), np.int64, len(texts))
         vectors = self._st.encode(
             texts,
             batch_size=max(1, min(len(texts), FORWARD_BATCH)),
@@ -110,6 +113,19 @@ class EmbeddingModel:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32), counts
+
+    def _token_counts(self, texts: list[str]) -> Iterator[int]:
+        start = 0
+        while start < len(texts):
+            stop, chars = start + 1, len(texts[start])
+            while stop < len(texts) and chars + len(texts[stop]) <= COUNT_CHUNK_CHARS:
+                chars += len(texts[stop])
+                stop += 1
+            tokenized = self._st.tokenizer(
+                texts[start:stop], add_special_tokens=True, truncation=False
+            )
+            yield from (len(ids) for ids in tokenized["input_ids"])
+            start = stop
 
     def warm_up(self) -> None:
         """First encode pays for lazy init (kernels, allocator); pay it before taking jobs."""

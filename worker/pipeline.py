@@ -16,6 +16,7 @@ from base import logs
 from engine.heads import Prediction, few_shot, normalize, zero_shot
 from worker.batcher import Batcher, ModelError, Vectors
 from worker.classify import LlmClassifier
+from worker.cost import check_cost, job_cost
 from worker.errors import JobError
 from worker.jobs import Job, Limits, decode
 from worker.metrics import WorkerMetrics, job_type_label
@@ -41,7 +42,13 @@ class Pipeline:
         self.metrics = metrics
         self.llm = llm
         self.limits = Limits(
-            settings.max_rows_per_job, settings.max_cell_chars, settings.max_job_bytes
+            max_rows=settings.max_rows_per_job,
+            max_cell_chars=settings.max_cell_chars,
+            max_job_bytes=settings.max_job_bytes,
+            max_row_text_chars=settings.max_row_text_chars,
+            max_job_text_chars=settings.max_job_text_chars,
+            max_scores=settings.max_job_scores,
+            max_result_bytes=settings.max_result_bytes,
         )
         self.batcher = Batcher(
             max_rows=settings.batch_max_rows,
@@ -62,6 +69,7 @@ class Pipeline:
             decoded = time.perf_counter()
             if job.source_path is not None:
                 await load_source(job, self.settings.data_root, self.limits)
+            check_cost(job_cost(job, self.model.dims), self.limits)  # before any work
             body = await self._process(job)
             body["timings"] = timings(started, decoded)
             outcome = Outcome(body, job.job_id, job.type, rows=len(job.rows))

@@ -56,6 +56,22 @@ class WorkerSettings(CommonSettings):
     max_job_bytes: int = setting(
         "TABULAR_MAX_JOB_BYTES", 10_000_000, "Bytes allowed in one job (message or source file)."
     )
+    max_row_text_chars: int = setting(
+        "TABULAR_MAX_ROW_TEXT_CHARS",
+        100_000,
+        "Characters the text of one row (example, label) may render to.",
+    )
+    max_job_text_chars: int = setting(
+        "TABULAR_MAX_JOB_TEXT_CHARS",
+        20_000_000,
+        "Characters of text one job may make the models read (rows, examples, labels, prompts).",
+    )
+    max_job_scores: int = setting(
+        "TABULAR_MAX_JOB_SCORES", 1_000_000, "Scores one classify job may ask for (rows x labels)."
+    )
+    max_result_bytes: int = setting(
+        "TABULAR_MAX_RESULT_BYTES", 100_000_000, "Estimated bytes of one job's result allowed."
+    )
     # --- batcher ------------------------------------------------------------------------------
     batch_max_rows: int = setting("TABULAR_BATCH_MAX_ROWS", 64, "Rows per encode call.")
     batch_max_tokens: int = setting(
@@ -135,5 +151,6 @@ class WorkerSettings(CommonSettings):
             raise SettingsError("TABULAR_LOCAL_MODEL_DIR must lie outside MODEL_CACHE_PATH")
         self.require_positive(
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
-            "model_copy_readers",
+            "model_copy_readers", "max_row_text_chars", "max_job_text_chars", "max_job_scores",
+            "max_result_bytes",
         )  # fmt: skip
