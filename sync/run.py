@@ -28,6 +28,8 @@ from base import logs
 from base.cache.manifest import (
     DONE_NAME,
     MANIFEST_NAME,
+    MAX_DONE_BYTES,
+    MAX_MANIFEST_BYTES,
     STATUS_NAME,
     TMP_DIR,
     Done,
@@ -40,6 +42,7 @@ from base.cache.manifest import (
     sha256_bytes,
     tree_digest,
 )
+from base.cache.reads import read_small
 from base.cache.specs import ModelSpec
 from base.cache.status import manifest_size, now_iso, read_status, status_body
 from sync.lock import Lease
@@ -273,7 +276,8 @@ def _latest_generation(root: Path) -> int:
     found = [0]
     for name, key in ((DONE_NAME, "generation"), (MANIFEST_NAME, "generation")):
         try:
-            value = orjson.loads((root / name).read_bytes()).get(key)
+            limit = MAX_DONE_BYTES if name == DONE_NAME else MAX_MANIFEST_BYTES
+            value = orjson.loads(read_small(root / name, limit)).get(key)
         except (OSError, orjson.JSONDecodeError, AttributeError):
             continue
         if isinstance(value, int) and not isinstance(value, bool):
