@@ -60,6 +60,11 @@ def _zero(path: Path) -> None:
     os.symlink("/dev/zero", path)
 
 
+def _loop(path: Path) -> None:
+    path.unlink()
+    os.symlink(path.name, path)
+
+
 def _weights(cache: Path) -> Path:
     return model_file(cache, "model.safetensors")
 
@@ -75,8 +80,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "manifest_dev_zero": (lambda c: _zero(c / MANIFEST_NAME), "manifest_unreadable"),
     "weights_fifo": (lambda c: _fifo(_weights(c)), "checksum_mismatch"),
     "weights_dev_zero": (lambda c: _zero(_weights(c)), "file_unreadable"),
-    "weights_loop": (lambda c: (_weights(c).unlink(), os.symlink("model.safetensors",
-                                                                _weights(c))), "file_unreadable"),
+    "weights_loop": (lambda c: _loop(_weights(c)), "file_unreadable"),
 }  # fmt: skip
 
 
