@@ -3,6 +3,7 @@
 Layout under the cache root (see docs/cache.md):
 
     manifest.json           the current generation: every model and every file, with sha256
+    manifest.previous.json  the generation before it (what garbage collection must keep)
     .done                   {"generation", "manifest_sha256"}: written last, the commit point
     sync-status.json        outcome of the last sync runs (for alerts)
     sbert/<name>/<tree>/    sentence-transformers model files
@@ -35,6 +36,7 @@ from base.cache.reads import with_deadline as _with_deadline
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PREVIOUS_NAME = "manifest.previous.json"  # the generation before the committed one (for GC)
 DONE_NAME = ".done"
 STATUS_NAME = "sync-status.json"
 LOCK_NAME = "sync.lock"
@@ -290,6 +292,15 @@ def _read_cache_once(root: Path, timeout: float) -> CacheState:
 
 def _why(exc: BaseException) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def read_previous(root: Path, timeout: float = READ_TIMEOUT) -> Manifest | None:
+    """The manifest committed before the current one (None: missing, unreadable, or a cache
+    written before the sync kept it). Only garbage collection reads it."""
+    try:
+        return Manifest.from_bytes(read_small(root / PREVIOUS_NAME, MAX_MANIFEST_BYTES, timeout))
+    except (OSError, ManifestError, UnsafePath):
+        return None
 
 
 def find_model(manifest: Manifest, name: str, kind: str | None = None) -> ModelEntry | None:
