@@ -28,7 +28,7 @@ apt-deps:
 	fi
 
 demo: $(VENV)/.installed
-	$(BIN)/tabular-worker run --input examples/jobs.jsonl
+	$(BIN)/tabular-worker run --input examples/jobs.jsonl --format summary
 
 lint: venv
 	$(BIN)/ruff check .

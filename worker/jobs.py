@@ -24,7 +24,7 @@ METHODS: tuple[str, ...] = ("auto", "zero_shot", "few_shot", "llm")
 EMBEDDING_FORMATS: tuple[str, ...] = ("base64", "list", "none")
 _TOP_LEVEL = {
     "version", "job_id", "type", "table", "source", "text", "labels", "examples", "method",
-    "output",
+    "min_score", "output",
 }  # fmt: skip
 MAX_JOB_ID_CHARS = 256
 
@@ -72,6 +72,7 @@ class Job:
     labels: list[Label] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     method: Method = "auto"
+    min_score: float | None = None  # abstain (label null) below this score
     embeddings_format: str = "base64"
     normalize: bool | None = None
 
@@ -133,7 +134,7 @@ def _build(obj: dict[str, Any], limits: Limits) -> Job:
     if job_type == "classify":
         _classification(job, obj, limits)
     else:
-        for key in ("labels", "examples", "method"):
+        for key in ("labels", "examples", "method", "min_score"):
             if key in obj:
                 raise JobError("invalid_field", f"{key} applies to classify jobs only")
     if job.source_path is None:
@@ -270,6 +271,13 @@ def _classification(job: Job, obj: dict[str, Any], limits: Limits) -> None:
     if method not in METHODS:
         raise JobError("invalid_field", f"method must be one of {list(METHODS)}")
     job.method = method
+    min_score = obj.get("min_score")
+    if min_score is not None:
+        if not isinstance(min_score, int | float) or isinstance(min_score, bool):
+            raise JobError("invalid_field", "min_score must be a number between 0 and 1")
+        if not 0.0 <= min_score <= 1.0:
+            raise JobError("invalid_field", "min_score must be a number between 0 and 1")
+        job.min_score = float(min_score)
     job.labels = _labels(obj.get("labels"))
     job.examples = _examples(obj.get("examples"), limits)
     names = {label.name for label in job.labels}

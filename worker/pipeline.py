@@ -122,10 +122,12 @@ class Pipeline:
             body["max_tokens"] = model.max_seq_length
         if job.type == "classify":
             body["method"] = job.method
+            floor = job.min_score
             body["predictions"] = [
-                {"label": p.label, "score": p.score, "scores": p.scores}
+                {"label": p.label if floor is None or p.score >= floor else None,
+                 "score": p.score, "scores": p.scores}
                 for p in await self._classify(job, texts, vectors, model)
-            ]
+            ]  # fmt: skip
         if job.embeddings_format != "none":
             body["embeddings"] = encode_vectors(vectors, job.embeddings_format)
         return body
