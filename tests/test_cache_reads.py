@@ -65,6 +65,15 @@ def _loop(path: Path) -> None:
     os.symlink(path.name, path)
 
 
+def claim_weights_size(cache: Path, size: int) -> None:
+    """Commit a manifest (matching .done) that says the weights file has `size` bytes."""
+    current = manifest(cache)
+    files = tuple(dataclasses.replace(f, size=size) if f.path == "model.safetensors" else f
+                  for f in current.models[0].files)  # fmt: skip
+    model = dataclasses.replace(current.models[0], files=files)
+    recommit(cache, dataclasses.replace(current, generation=2, models=(model,)))
+
+
 def _weights(cache: Path) -> Path:
     return model_file(cache, "model.safetensors")
 
@@ -149,15 +158,7 @@ async def test_manifest_claiming_more_than_the_file_holds_is_a_miss(
 ) -> None:  # fmt: skip
     """A size far over the free space, where the file is not that size: the size already
     disagrees, so it is a checksum miss and the fallback serves (not a refusal for space)."""
-    current = manifest(cache)
-    files = tuple(dataclasses.replace(f, size=10**16) if f.path == "model.safetensors" else f
-                  for f in current.models[0].files)  # fmt: skip
-    recommit(
-        cache,
-        dataclasses.replace(
-            current, generation=2, models=(dataclasses.replace(current.models[0], files=files),)
-        ),
-    )
+    claim_weights_size(cache, 10**16)
     settings = worker_settings(tmp_path, cache)
     model, line, metrics = await start(settings, caplog)
     assert (line["cache_hit"], line["reason"]) == (False, "checksum_mismatch"), line
@@ -175,15 +176,7 @@ async def test_model_too_big_for_local_disk_is_a_miss_and_fallback_serves(
     if shutil.disk_usage(tmp_path).free > size // 2:
         pytest.skip("this disk could hold the file")
     os.truncate(_weights(cache), size)
-    current = manifest(cache)
-    files = tuple(dataclasses.replace(f, size=size) if f.path == "model.safetensors" else f
-                  for f in current.models[0].files)  # fmt: skip
-    recommit(
-        cache,
-        dataclasses.replace(
-            current, generation=2, models=(dataclasses.replace(current.models[0], files=files),)
-        ),
-    )
+    claim_weights_size(cache, size)
     settings = worker_settings(tmp_path, cache)
     model, line, metrics = await start(settings, caplog)
     assert (line["cache_hit"], line["reason"]) == (False, "insufficient_space"), line

@@ -322,6 +322,12 @@ def _payloads() -> st.SearchStrategy[bytes]:
     )
 
 
+def examples(n: int) -> settings:
+    """Hypothesis settings of these property tests: `n` examples, no deadline (the model runs)."""
+    slow = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    return settings(max_examples=n, deadline=None, suppress_health_check=slow)
+
+
 def _run(model: EmbeddingModel, settings: WorkerSettings, payload: bytes) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         pipeline = Pipeline(settings, model)
@@ -341,11 +347,7 @@ def _assert_one_documented_result(result: dict[str, Any]) -> None:
         assert result["status"] == "ok"
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@examples(150)
 @given(payload=_payloads())
 def test_any_message_gets_one_documented_result(
     embedding_model: EmbeddingModel, settings: WorkerSettings, payload: bytes
@@ -353,11 +355,7 @@ def test_any_message_gets_one_documented_result(
     _assert_one_documented_result(_run(embedding_model, settings, payload))
 
 
-@settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@examples(120)
 @given(
     template=st.text(max_size=30),
     columns=st.lists(st.text(max_size=4), min_size=1, max_size=4, unique=True),
@@ -376,11 +374,7 @@ def test_any_template_gives_text_of_the_computed_length_or_invalid_template(
     assert row_text_length(columns, row, template if template else None, picked) == len(text)
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@examples(200)
 @given(
     path=st.text(max_size=40)
     | st.sampled_from(
@@ -420,11 +414,7 @@ RECORD = st.dictionaries(st.text(min_size=1, max_size=4),
                                         max_size=6), min_size=1, max_size=3)  # fmt: skip
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@examples(150)
 @given(
     content=st.binary(max_size=300)
     | st.text(max_size=200).map(str.encode)

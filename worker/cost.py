@@ -64,31 +64,22 @@ def job_cost(job: Job, dims: int) -> JobCost:
 
 def check_cost(cost: JobCost, limits: Limits) -> None:
     """Raise the JobError of the first limit `cost` exceeds."""
-    if cost.row_chars > limits.max_row_text_chars:
-        raise JobError(
-            "text_too_large",
-            f"a row's text would be {cost.row_chars} characters; the limit is "
-            f"{limits.max_row_text_chars} (TABULAR_MAX_ROW_TEXT_CHARS)",
-        )
-    if cost.text_chars > limits.max_job_text_chars:
-        raise JobError(
-            "text_too_large",
-            f"the job's text would be {cost.text_chars} characters; the limit is "
-            f"{limits.max_job_text_chars} (TABULAR_MAX_JOB_TEXT_CHARS)",
-        )
-    if cost.scores > limits.max_scores:
-        raise JobError(
-            "too_many_scores",
-            f"{cost.rows} rows x labels = {cost.scores} scores; the limit is "
-            f"{limits.max_scores} (TABULAR_MAX_JOB_SCORES)",
-        )
-    if cost.result_bytes > limits.max_result_bytes:
-        raise JobError(
-            "result_too_large",
-            f"the result would be about {cost.result_bytes} bytes; the limit is "
-            f"{limits.max_result_bytes} (TABULAR_MAX_RESULT_BYTES); ask for base64 embeddings "
-            "or split the job",
-        )
+    checks = (
+        (cost.row_chars, limits.max_row_text_chars, "text_too_large",
+         "a row's text would be {} characters", "TABULAR_MAX_ROW_TEXT_CHARS"),
+        (cost.text_chars, limits.max_job_text_chars, "text_too_large",
+         "the job's text would be {} characters", "TABULAR_MAX_JOB_TEXT_CHARS"),
+        (cost.scores, limits.max_scores, "too_many_scores",
+         f"{cost.rows} rows x labels = {{}} scores", "TABULAR_MAX_JOB_SCORES"),
+        (cost.result_bytes, limits.max_result_bytes, "result_too_large",
+         "the result would be about {} bytes", "TABULAR_MAX_RESULT_BYTES"),
+    )  # fmt: skip
+    for value, limit, code, what, variable in checks:
+        if value > limit:
+            hint = (
+                "; ask for base64 embeddings or split the job" if code == "result_too_large" else ""
+            )
+            raise JobError(code, f"{what.format(value)}; the limit is {limit} ({variable}){hint}")
 
 
 def _result_bytes(job: Job, dims: int) -> int:
