@@ -54,6 +54,8 @@ class LlmClassifier:
         if self._availability is not None:
             await self._availability()
         tasks = [asyncio.ensure_future(self._one(i, t, labels)) for i, t in enumerate(texts)]
+        if not tasks:
+            return []
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in tasks:
