@@ -14,9 +14,11 @@ import orjson
 
 from base.cache.manifest import MANIFEST_NAME, Manifest, read_cache
 from base.cache.specs import ModelSpec
+from engine.config import packaged_model_dir
+from engine.pooling import normalize
 from sync.run import SyncResult, commit, sync_once
 from sync.settings import SyncSettings
-from worker.model import EmbeddingModel, packaged_model_dir
+from worker.model import EmbeddingModel
 from worker.results import decode_vectors
 from worker.rowtext import Cell, row_text
 
@@ -85,6 +87,6 @@ def assert_correct_embeddings(result: dict[str, Any], reference: EmbeddingModel)
     assert result["status"] == "ok", result
     got = decode_vectors(result["embeddings"])
     texts = [row_text(["product", "note"], row) for row in TEXTS]
-    want = reference._st.encode(texts, normalize_embeddings=True)
+    want = normalize(reference.encode(texts)[0])
     cosines = (got * want).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cosines.min() > 0.999, cosines

@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from engine.config import packaged_model_dir
 from tests.prometheus_server import MetricsEndpoint, PrometheusServer, Pushgateway
-from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir
+from worker.model import EmbeddingModel, ModelInfo, Tuning
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
 
@@ -25,7 +26,8 @@ pytest_plugins = ["tests.pubsub_fixture"]
 @pytest.fixture(scope="session")
 def embedding_model() -> EmbeddingModel:
     path = packaged_model_dir()
-    model = EmbeddingModel.load(path, ModelInfo("all-MiniLM-L6-v2", str(path), "packaged"))
+    info = ModelInfo("all-MiniLM-L6-v2", str(path), "packaged")
+    model = EmbeddingModel.load(path, info, None, Tuning())  # torch: the reference
     model.warm_up()
     return model
 
