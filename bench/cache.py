@@ -64,7 +64,7 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 
 
 def sync_settings(cache: Path) -> SyncSettings:
-    return SyncSettings.from_env({}, model_cache_path=str(cache))
+    return SyncSettings.from_env({}, model_cache_path=str(cache), sync_export=False)
 
 
 def worker_settings(cache: Path, **overrides: object) -> WorkerSettings:

@@ -17,7 +17,9 @@ import orjson
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED_ALIASES = {PACKAGED_MODEL, f"sentence-transformers/{PACKAGED_MODEL}", "packaged"}
+EXPORTED_TOKENIZER = "onnx/tokenizer.json"
 POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+_MODE_NAMES = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens"}
 # Position embeddings RoBERTa-style models reserve (padding_idx + 1): XLM-R's 514 positions serve
 # 512 tokens, bge-m3's 8194 serve 8192.
 _POSITION_OFFSET = {"xlm-roberta": 2, "roberta": 2, "camembert": 2}
@@ -40,7 +42,14 @@ class ModelConfig:
 
     @property
     def tokenizer_file(self) -> Path:
-        return self.transformer_path / "tokenizer.json"
+        """The exporter's copy of the tokenizer the torch model really uses, when there is one.
+
+        transformers rebuilds some tokenizers' normaliser and pre-tokenizer from its own class
+        defaults instead of tokenizer.json (transformers 5 does for XLM-RoBERTa), so the model's
+        own tokenizer.json can tokenise differently from the reference the gate compares with.
+        """
+        exported = self.path / EXPORTED_TOKENIZER
+        return exported if exported.is_file() else self.transformer_path / "tokenizer.json"
 
 
 def packaged_model_dir() -> Path:
@@ -70,6 +79,8 @@ def read_config(model_dir: Path, max_seq_length: int = 0) -> ModelConfig:
     pooling = _json(model_dir / str(modules[1].get("path", "")) / "config.json")
     modes = [k.removeprefix("pooling_mode_") for k, v in pooling.items()
              if k.startswith("pooling_mode_") and v is True]  # fmt: skip
+    if isinstance(pooling.get("pooling_mode"), str):  # newer sentence-transformers' spelling
+        modes = [_MODE_NAMES.get(pooling["pooling_mode"], pooling["pooling_mode"])]
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise UnsupportedModel(f"{model_dir}: pooling {modes} (supported: one of {POOLING_MODES})")
     hf = _json(transformer / "config.json")

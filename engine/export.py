@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.config import ModelConfig
+from engine.config import EXPORTED_TOKENIZER, ModelConfig
 
 OPSET = 17
 ONNX_DIR = "onnx"
@@ -50,6 +50,8 @@ def export_fp32(config: ModelConfig) -> Exported:
     if "token_type_ids" in tokenizer.model_input_names:
         names.append("token_type_ids")
     sample = tokenizer(_SAMPLE, padding=True, return_tensors="pt")
+    (config.path / EXPORTED_TOKENIZER).parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.backend_tokenizer.save(str(config.path / EXPORTED_TOKENIZER))
     large = sum(p.numel() for p in model.parameters()) * 4 > _EXTERNAL_ABOVE
     target = config.path / FP32_FILE
     target.parent.mkdir(parents=True, exist_ok=True)

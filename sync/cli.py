@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(SyncSettings)
     if settings is None:
         return 2
+    if args.command == "export":
+        return _export(args.model, Path(args.out))
     root = Path(args.cache or settings.model_cache_path)
     if args.command == "verify":
         return _verify(root)
-    if args.command == "export":
-        return _export(args.model, Path(args.out))
     from base.cache.specs import SpecError, parse_specs
 
     try:

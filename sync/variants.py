@@ -15,6 +15,7 @@ from base import logs
 from base.cache.manifest import sha256_file
 from base.cache.variants import VARIANTS_FILE, Variants, VariantsError, read_variants
 from engine.config import UnsupportedModel
+from engine.export import ONNX_DIR
 from engine.version import EXPORT_VERSION
 from sync.sources import Fetched, StagedFile
 
@@ -51,7 +52,7 @@ def add_variants(fetched: Fetched, model: str, export: bool) -> None:
         log.warning("No ONNX export for this model", extra={"model": model, "reason": str(exc)})
         fetched.variants = Variants(EXPORT_VERSION, (), note=f"not exported: {exc}")
         return
-    fetched.files += [_staged(root, path) for path in _files(variants)]
+    fetched.files += [_staged(root, path) for path in _files(root)]
     fetched.variants = variants
 
 
@@ -75,12 +76,15 @@ def model_dir(staged: StagedFile) -> Path:
     return Path(staged.staged.as_posix().removesuffix("/" + staged.path))
 
 
-def _files(variants: Variants) -> list[str]:
-    return sorted({p for v in variants.variants for p in v.files} | {VARIANTS_FILE})
+def _files(root: Path) -> list[str]:
+    """Everything the export wrote: the variants, their tokenizer, variants.json."""
+    return sorted(p.relative_to(root).as_posix() for p in (root / ONNX_DIR).rglob("*")
+                  if p.is_file())  # fmt: skip
 
 
 def _complete(root: Path, variants: Variants | None) -> bool:
-    return variants is not None and all((root / p).is_file() for p in _files(variants))
+    named = {p for v in variants.variants for p in v.files} if variants else set()
+    return variants is not None and all((root / p).is_file() for p in named | {VARIANTS_FILE})
 
 
 def _staged(root: Path, path: str) -> StagedFile:

@@ -35,11 +35,16 @@ def sync_cli(*args: str, env: dict[str, str] | None = None,
                           cwd=ROOT, timeout=timeout)  # fmt: skip
 
 
-def build(cache: Path, **models: Path | str) -> SyncResult:
-    """In-process `tabular-sync once` of file:// directories (or full URIs) into `cache`."""
+def build(cache: Path, export: bool = False, **models: Path | str) -> SyncResult:
+    """In-process `tabular-sync once` of file:// directories (or full URIs) into `cache`.
+
+    ONNX export is off unless asked for: it takes a minute per model, and most cache tests are
+    about the cache, not the variants (tests/test_sync_export.py covers those).
+    """
     specs = [ModelSpec(name, f"file://{src}" if isinstance(src, Path) else src)
              for name, src in models.items()]  # fmt: skip
-    result = sync_once(cache, specs, SyncSettings.from_env({}, model_cache_path=str(cache)))
+    settings = SyncSettings.from_env({}, model_cache_path=str(cache), sync_export=export)
+    result = sync_once(cache, specs, settings)
     assert result.ok, result
     return result
 
