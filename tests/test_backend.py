@@ -81,8 +81,8 @@ def test_missing_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_worker(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_bytes(orjson.dumps({"job_id": "j", "type": "embed",
-                                   "table": {"columns": ["a"], "rows": [["x"]]}}) + b"\n")  # fmt: skip
+    job = {"job_id": "j", "type": "embed", "table": {"columns": ["a"], "rows": [["x"]]}}
+    jobs.write_bytes(orjson.dumps(job) + b"\n")
     full = {**os.environ, "HF_HUB_OFFLINE": "1", "SHARED_MODEL_VOLUME_ENABLED": "false",
             "TABULAR_LLM_ENABLED": "false", **env}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "worker", "run", "--input", str(jobs)],

@@ -23,10 +23,12 @@ from sync import variants as sync_variants
 from tests.cache_helpers import build, files_under, manifest, sync_cli
 from worker.model import EmbeddingModel
 from worker.results import decode_vectors
-from worker.rowtext import row_text
+from worker.rowtext import Cell, row_text
 
-ROWS = [["Trail running shoes", "great grip on wet rock"], ["Office chair", "sturdy, comfy"],
-        ["Rain jacket", "leaks at the seams"], ["Espresso machine", "makes bad coffee"]]  # fmt: skip
+ROWS: list[list[Cell]] = [
+    ["Trail running shoes", "great grip on wet rock"], ["Office chair", "sturdy, comfy"],
+    ["Rain jacket", "leaks at the seams"], ["Espresso machine", "makes bad coffee"],
+]  # fmt: skip
 COLUMNS = ["product", "review"]
 
 
@@ -129,8 +131,8 @@ def test_worker_serves_the_best_variant_from_the_cache(
     assert {(r["model"]["backend"], r["model"]["precision"]) for r in results.values()} == {
         ("onnx", precision)}  # fmt: skip
     (checked,) = [e for e in logs if e["message"] == "Model cache checked"]
-    assert (checked["cache_hit"], checked["backend"], checked["precision"]) == (True, "onnx",
-                                                                               precision)  # fmt: skip
+    assert checked["cache_hit"] is True
+    assert (checked["backend"], checked["precision"]) == ("onnx", precision)
     (copy,) = (local / "cache" / "sbert").iterdir()
     copied = files_under(copy)
     assert "model.safetensors" not in copied, "an ONNX worker copies no torch weights"

@@ -37,38 +37,23 @@ def test_a_manifest_without_variants_still_reads() -> None:
 
 def test_variant_files_must_be_listed_and_checksummed() -> None:
     manifest = Manifest(3, "now", (entry(RECORD, [f for f in FILES if f != "onnx/int8.onnx"]),))
-    with pytest.raises(ManifestError, match="onnx/int8.onnx"):
+    with pytest.raises(ManifestError, match=r"onnx/int8\.onnx"):
         Manifest.from_bytes(manifest.to_bytes())
+
+
+def bad(**change: object) -> dict[str, object]:
+    good = {"name": "x", "backend": "onnx", "precision": "fp32", "files": ["a"], "passed": True}
+    return {"export_version": 1, "variants": [{**good, **change}]}
 
 
 @pytest.mark.parametrize(
     "raw",
     [
         {"export_version": "1", "variants": []},
-        {
-            "export_version": 1,
-            "variants": [
-                {"name": "x", "backend": "gpu", "precision": "fp32", "files": ["a"], "passed": True}
-            ],
-        },  # fmt: skip
-        {
-            "export_version": 1,
-            "variants": [
-                {"name": "x", "backend": "onnx", "precision": "fp32", "files": [], "passed": True}
-            ],
-        },  # fmt: skip
-        {
-            "export_version": 1,
-            "variants": [
-                {
-                    "name": "x",
-                    "backend": "onnx",
-                    "precision": "int4",
-                    "files": ["a"],
-                    "passed": "yes",
-                }
-            ],
-        },  # fmt: skip
+        bad(backend="gpu"),
+        bad(files=[]),
+        bad(precision="int4"),
+        bad(passed="yes"),
     ],
 )
 def test_malformed_records_are_refused(raw: object) -> None:
@@ -78,8 +63,10 @@ def test_malformed_records_are_refused(raw: object) -> None:
 
 def test_a_worker_copies_only_what_its_backend_reads() -> None:
     fp32 = serving_files(FILES, FP32, RECORD.variants)
-    assert fp32 == ["config.json", "tokenizer.json", "1_Pooling/config.json", "onnx/model.onnx",
-                    "onnx/model.onnx_data", "onnx/tokenizer.json", "onnx/variants.json"]  # fmt: skip
+    assert fp32 == [
+        "config.json", "tokenizer.json", "1_Pooling/config.json", "onnx/model.onnx",
+        "onnx/model.onnx_data", "onnx/tokenizer.json", "onnx/variants.json",
+    ]  # fmt: skip
     assert "onnx/int8.onnx" in serving_files(FILES, INT8, RECORD.variants)
     assert "onnx/model.onnx" not in serving_files(FILES, INT8, RECORD.variants)
     torch = serving_files(FILES, None, RECORD.variants)
