@@ -208,9 +208,14 @@ def report(results: dict[str, Any], load: tuple[float, float]) -> str:
         for name, speed in res["speed"].items():
             gate, held = res["gate"].get(name), res["heldout"].get(name)
             verdict = "reference" if gate is None else ("passed" if gate["passed"] else "failed")
-            figs = "" if held is None else (
-                f"{held['min_cosine']:.5f} / {held['spearman']:.4f} / "
-                f"{held['zero_shot_agreement']:.3f} / {held['few_shot_agreement']:.3f}")
+            figs = (
+                ""
+                if held is None
+                else (
+                    f"{held['min_cosine']:.5f} / {held['spearman']:.4f} / "
+                    f"{held['zero_shot_agreement']:.3f} / {held['few_shot_agreement']:.3f}"
+                )
+            )
             lines.append(f"| {name} | {speed['short']['rows_per_s']} | {speed['short']['x_torch']}"
                          f" | {speed['long']['rows_per_s']} | {speed['long']['x_torch']} | "
                          f"{verdict} | {figs} |")  # fmt: skip
@@ -218,9 +223,9 @@ def report(results: dict[str, Any], load: tuple[float, float]) -> str:
                   " x torch |", "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
         base = res["cold_start"]["torch"]
         for name, start in res["cold_start"].items():
-            lines.append(f"| {name} | {start['seconds']} s | {start['seconds'] / base['seconds']:.2f}"
-                         f" | {start['peak_rss_mb']} | "
-                         f"{start['peak_rss_mb'] / base['peak_rss_mb']:.2f} |")  # fmt: skip
+            seconds, rss = start["seconds"], start["peak_rss_mb"]
+            lines.append(f"| {name} | {seconds} s | {seconds / base['seconds']:.2f} | {rss} | "
+                         f"{rss / base['peak_rss_mb']:.2f} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
@@ -234,8 +239,9 @@ def write_section(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="minilm,xlmr")
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)

@@ -25,7 +25,7 @@ from engine.gate import (
     load_calibration,
     passes,
 )
-from engine.quantize import RECIPES, quantize
+from engine.quantize import RECIPES, fuse, quantize, remove_fused
 from engine.version import EXPORT_VERSION
 
 log = logs.get(__name__)
@@ -40,8 +40,12 @@ def build_variants(model_dir: Path, calibration: Path = CALIBRATION) -> Variants
     torch_encoder = TorchEncoder(model_dir)
     reference = answers(_warm(torch_encoder), data)
     del torch_encoder
-    fp32 = export_fp32(config)
-    made = [fp32] + [quantize(config, fp32, recipe) for recipe in RECIPES]
+    made = [export_fp32(config)]
+    fused = fuse(config)
+    try:
+        made += [quantize(config, fused, recipe) for recipe in RECIPES]
+    finally:
+        remove_fused(config)
     variants = tuple(_gated(model_dir, exported, reference, data) for exported in made)
     import sentence_transformers
     import torch

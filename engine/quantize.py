@@ -1,100 +1,114 @@
 """int8 variants of an exported fp32 model, by recipe.
 
-Measured here (docs/engine.md): onnxruntime's default dynamic quantisation (all MatMuls, int8
-weights per tensor, activations quantised per tensor at run time) is fast and visibly worse
-(mean cosine 0.95 on MiniLM). The recipes below are the ones that came closest to the fp32 answers
-at the best speed; each is gated like any variant, and the fastest that passes is served.
+Measured here (docs/benchmarks.md, AVX2 without VNNI): onnxruntime's default dynamic
+quantisation (every MatMul, weights per tensor) is fast and visibly worse (mean cosine 0.95 on
+MiniLM); per-channel weights recover most of it, and what remains comes from quantising
+activations per tensor, which flips zero-shot and few-shot labels near ties. Block-wise int8
+(MatMulNBits) keeps the answers but runs no faster than fp32 on this CPU. Both recipes are made
+and gated; `auto` serves whichever passed and measured fastest, fp32 included.
+
+Both start from onnxruntime's transformer optimizer output (attention, skip layer norm and GELU
+fused), which lets the dynamic recipe quantise Q, K and V as one GEMM (`QAttention`).
 """
 
 from __future__ import annotations
 
-import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from engine.config import ModelConfig
-from engine.export import FP32_FILE, ONNX_DIR, Exported
+from engine.export import FP32_FILE, ONNX_DIR, Exported, save_external
+
+FUSED_FILE = f"{ONNX_DIR}/_fused.onnx"  # an intermediate, removed by `remove_fused`
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str  # the variant's name
     description: str  # recorded in variants.json
-    kind: str  # blocked | dynamic
-    options: dict[str, Any]
+    kind: str  # dynamic | blocked
 
 
 RECIPES = (
     Recipe(
-        "onnx-int8-blocked",
-        "MatMulNBits: int8 weights in blocks of 32 (symmetric), int8 activations per block "
-        "(accuracy level 4); embeddings, attention softmax and layer norms stay fp32",
-        "blocked",
-        {"bits": 8, "block_size": 32, "accuracy_level": 4},
+        "onnx-int8",
+        "quantize_dynamic of the fused graph: MatMul and Attention weights int8 per channel "
+        "(reduce_range), activations int8 per tensor at run time; embeddings, softmax and layer "
+        "norms stay fp32",
+        "dynamic",
     ),
     Recipe(
-        "onnx-int8-dynamic",
-        "quantize_dynamic: MatMul weights uint8 per channel, activations uint8 per tensor at run "
-        "time; the FFN down-projections (the largest activations) stay fp32",
-        "dynamic",
-        {"per_channel": True, "exclude": "ffn_down"},
+        "onnx-int8-blocked",
+        "MatMulNBits of the fused graph: int8 weights in symmetric blocks of 32, int8 activations "
+        "per block (accuracy level 4)",
+        "blocked",
     ),
 )
 
 
-def quantize(config: ModelConfig, fp32: Exported, recipe: Recipe) -> Exported:
-    """Write `onnx/<recipe>.onnx` (+ external data for large models) from the fp32 export."""
-    source = config.path / FP32_FILE
+def fuse(config: ModelConfig) -> Path:
+    """The fp32 export with onnxruntime's transformer fusions, saved for the recipes."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    hf = orjson.loads((config.transformer_path / "config.json").read_bytes())
+    optimized = optimize_model(
+        str(config.path / FP32_FILE), model_type="bert", opt_level=0,
+        num_heads=int(hf["num_attention_heads"]), hidden_size=int(hf["hidden_size"]),
+    )  # fmt: skip
+    target = config.path / FUSED_FILE
+    # (its own save: it declares the com.microsoft opset the fused operators need)
+    optimized.save_model_to_file(str(target), use_external_data_format=True,
+                                 all_tensors_to_one_file=True)  # fmt: skip
+    return target
+
+
+def quantize(config: ModelConfig, fused: Path, recipe: Recipe) -> Exported:
+    """Write `onnx/<name>.onnx` + `_data` from the fused fp32 graph."""
     target = config.path / ONNX_DIR / f"{recipe.name.removeprefix('onnx-')}.onnx"
-    large = len(fp32.files) > 1
     if recipe.kind == "blocked":
-        _blocked(source, target, large, **recipe.options)
+        _blocked(fused, target)
     else:
-        _dynamic(source, target, large, **recipe.options)
+        _dynamic(fused, target)
     rel = target.relative_to(config.path).as_posix()
-    files = (rel, f"{rel}_data") if (target.with_name(target.name + "_data")).exists() else (rel,)
-    return Exported(recipe.name, "int8", files, recipe.description)
+    return Exported(recipe.name, "int8", (rel, f"{rel}_data"), recipe.description)
 
 
-def _blocked(source: Path, target: Path, large: bool, **options: Any) -> None:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    model = onnx.load(str(source), load_external_data=True)
-    quantizer = MatMulNBitsQuantizer(model, is_symmetric=True, **options)
-    quantizer.process()
-    _save(quantizer.model.model, target, large)
+def remove_fused(config: ModelConfig) -> None:
+    fused = config.path / FUSED_FILE
+    for path in fused.parent.glob(fused.name + "*"):  # the graph and its data file
+        path.unlink()
 
 
-def _dynamic(source: Path, target: Path, large: bool, per_channel: bool, exclude: str) -> None:
+def _dynamic(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(source), load_external_data=False).graph
-    skipped = _ffn_down(graph) if exclude == "ffn_down" else []
+    scratch = target.with_name(target.stem + "-tmp.onnx")
     quantize_dynamic(
-        str(source), str(target), op_types_to_quantize=["MatMul"], per_channel=per_channel,
-        weight_type=QuantType.QUInt8, nodes_to_exclude=skipped, use_external_data_format=large,
-        extra_options={"MatMulConstBOnly": True},
+        str(source), str(scratch), op_types_to_quantize=["MatMul", "Attention"],
+        per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+        use_external_data_format=True,
+        # contrib ops of the fused graph have no ONNX shape inference: give their outputs a type
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
     )  # fmt: skip
+    save_external(onnx.load(str(scratch), load_external_data=True), target)
+    for leftover in scratch.parent.glob(scratch.name + "*"):
+        leftover.unlink()
+    shutil.rmtree(scratch.with_suffix(""), ignore_errors=True)
 
 
-def _ffn_down(graph: Any) -> list[str]:
-    """Each layer's FFN down-projection (`encoder.layer.N.output.dense` in BERT and XLM-R
-    exports, as opposed to `...attention.output.dense`)."""
-    pattern = re.compile(r"layer\.\d+/output/dense/MatMul")
-    return [n.name for n in graph.node if n.op_type == "MatMul" and pattern.search(n.name)]
-
-
-def _save(model: Any, target: Path, large: bool) -> None:
+def _blocked(source: Path, target: Path) -> None:
     import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    for stale in (target, target.with_name(target.name + "_data")):
-        stale.unlink(missing_ok=True)
-    if large:
-        onnx.save_model(model, str(target), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=target.name + "_data",
-                        size_threshold=1024)  # fmt: skip
-    else:
-        onnx.save_model(model, str(target))
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(source), load_external_data=True), bits=8, block_size=32,
+        is_symmetric=True, accuracy_level=4,
+    )  # fmt: skip
+    quantizer.process()
+    model: Any = quantizer.model.model
+    save_external(model, target)
