@@ -45,6 +45,7 @@ from base.cache.status import manifest_size, now_iso, read_status, status_body
 from sync.lock import Lease
 from sync.settings import SyncSettings
 from sync.sources import FetchContext, Fetched, StagedFile, parse_source, store_dir
+from sync.variants import add_variants, current
 
 log = logs.get(__name__)
 
@@ -143,6 +144,8 @@ def _sync_locked(
         result.models.append(ModelResult(name, "failed", error="not a configured model"))
     for spec in wanted:
         previous = None if force else _intact(root, current.get(spec.name))
+        if previous is not None and _export_due(previous, settings):
+            previous = None  # exported by an older version, or not at all: fetch and export
         model_result, entry = _sync_model(root, spec, settings, staging, previous)
         result.models.append(model_result)
         if entry is not None:
@@ -176,6 +179,7 @@ def _sync_model(
             log.info("Model unchanged", extra={"model": spec.name, "revision": previous.revision})
             return ModelResult(spec.name, "unchanged", previous.revision,
                                files_skipped=skipped), previous  # fmt: skip
+        add_variants(fetched, spec.name, settings.sync_export)
         entry = _entry(spec, fetched)
         written, skipped, nbytes = _publish(root, entry.location, fetched.files)
     except Exception as exc:
@@ -194,6 +198,7 @@ def _entry(spec: ModelSpec, fetched: Fetched) -> ModelEntry:
     return ModelEntry(
         spec.name, fetched.kind, spec.source, fetched.revision or tree,
         model_location(fetched.kind, spec.name, tree), files, fetched.fingerprint,
+        fetched.variants,
     )  # fmt: skip
 
 
@@ -210,6 +215,11 @@ def _publish(root: Path, location: str, files: list[StagedFile]) -> tuple[int, i
         os.replace(staged.staged, target)
         written, nbytes = written + 1, nbytes + staged.size
     return written, skipped, nbytes
+
+
+def _export_due(entry: ModelEntry, settings: SyncSettings) -> bool:
+    """An sbert model whose variants predate this exporter (or were never made) is exported."""
+    return settings.sync_export and entry.kind == "sbert" and not current(entry.variants)
 
 
 def _intact(root: Path, entry: ModelEntry | None) -> ModelEntry | None:

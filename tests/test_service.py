@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
+from engine.pooling import normalize
 from harness.pubsub import PubSubEnv, PubSubServerPool, free_port
 from harness.worker_proc import ROOT, WorkerProcess
 from tests.conftest import PipelineFactory
@@ -321,7 +322,7 @@ def test_submit_wait_writes_npy(
     from worker.rowtext import row_text
 
     texts = [row_text(["name", "city"], [f"person {i}", f"city {i % 7}"]) for i in range(50)]
-    want = make_pipeline().model._st.encode(texts, normalize_embeddings=True)
+    want = normalize(make_pipeline().model.encode(texts)[0])
     assert ((vectors * want).sum(1)).min() >= 0.999
 
 

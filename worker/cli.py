@@ -55,13 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(WorkerSettings)
     if settings is None:
         return 2
-    if args.command == "run":
-        return _run(settings, args)
-    if args.command == "serve":
+    if args.command == "submit":
+        return _submit(settings, args)
+    from worker.backend import BackendUnavailable
+    from worker.modelstore import ModelStoreError
+
+    try:
+        if args.command == "run":
+            return _run(settings, args)
         from worker.service import Service
 
         return asyncio.run(Service(settings).run())
-    return _submit(settings, args)
+    except BackendUnavailable as exc:
+        log.error("Inference backend unavailable", extra={"error": str(exc)})
+        return 2
+    except ModelStoreError as exc:
+        log.error("No model to serve", extra={"error": str(exc)})
+        return 3
 
 
 def _submit(settings: WorkerSettings, args: argparse.Namespace) -> int:
@@ -90,16 +100,11 @@ def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
         output = open(args.output, "wb")
     else:
         output = sys.stdout.buffer
-    from worker.modelstore import ModelStoreError
-
     try:
         asyncio.run(local.run(settings, args.input, output, concurrency))
     except FileNotFoundError as exc:
         log.error("Input not found", extra={"path": exc.filename})
         return 2
-    except ModelStoreError as exc:
-        log.error("No model to serve", extra={"error": str(exc)})
-        return 3
     finally:
         if args.output:
             output.close()

@@ -98,13 +98,17 @@ class WorkerMetrics:
             ["result", "reason"], registry=r,
         )  # fmt: skip
         self.model_load_seconds = Gauge(
-            "tabular_model_load_seconds", "Seconds the last model load took.", registry=r
-        )
+            "tabular_model_load_seconds", "Seconds the last model load took, by backend.",
+            ["backend", "precision"], registry=r,
+        )  # fmt: skip
         self.model_warmup_seconds = Gauge(
-            "tabular_model_warmup_seconds", "Seconds the last warm-up encode took.", registry=r
-        )
+            "tabular_model_warmup_seconds", "Seconds the last warm-up encode took, by backend.",
+            ["backend", "precision"], registry=r,
+        )  # fmt: skip
         self.model_info = Info(
-            "tabular_model", "The model serving embeddings (name, source, generation).", registry=r
+            "tabular_model",
+            "The model serving embeddings (name, source, generation, backend, precision, variant).",
+            registry=r,
         )
         self.model_generation = Gauge(
             "tabular_model_generation", "Cache generation of the loaded model (0: not from the "
@@ -131,6 +135,15 @@ class WorkerMetrics:
         self.cache_size_bytes = Gauge(
             "tabular_cache_size_bytes", "Bytes the cache's manifest accounts for.", registry=r
         )
+
+    def set_model_times(
+        self, backend: str, precision: str, load_seconds: float, warmup_seconds: float
+    ) -> None:
+        """Load and warm-up time of the model now serving (one series: the old one is cleared)."""
+        for gauge, value in ((self.model_load_seconds, load_seconds),
+                             (self.model_warmup_seconds, warmup_seconds)):  # fmt: skip
+            gauge.clear()
+            gauge.labels(backend, precision).set(value)
 
     def set_sync_status(
         self, last_success_unix: float, consecutive_failures: int, cache_size_bytes: int | None

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from base import logs
-from engine.heads import Prediction, few_shot, normalize, zero_shot
+from engine.heads import Prediction, few_shot, zero_shot
+from engine.pooling import normalize
 from worker.batcher import Batcher, ModelError, Vectors
 from worker.classify import LlmClassifier
 from worker.errors import JobError
@@ -94,6 +95,8 @@ class Pipeline:
                 "source": model.info.source,
                 "generation": model.info.generation,
                 "revision": model.info.revision,
+                "backend": model.info.backend,
+                "precision": model.info.precision,
             },
             "rows": len(job.rows),
         }

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from base.env import CommonSettings, SettingsError, inside, setting
-
-PACKAGED_MODEL = "all-MiniLM-L6-v2"
+from engine.config import PACKAGED_MODEL
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,30 @@ class WorkerSettings(CommonSettings):
     )
     normalize_embeddings: bool = setting(
         "TABULAR_NORMALIZE_EMBEDDINGS", True, "L2-normalise embeddings (jobs may override)."
+    )
+    inference_backend: str = setting(
+        "TABULAR_INFERENCE_BACKEND",
+        "auto",
+        "auto (the fastest ONNX variant that passed the quality gate, else torch), onnx or torch.",
+    )
+    inference_precision: str = setting(
+        "TABULAR_INFERENCE_PRECISION",
+        "auto",
+        "auto (int8 when it passed the gate, else fp32), fp32 or int8. Naming a precision serves "
+        "that ONNX variant even if it failed the gate (with a warning).",
+    )
+    inference_threads: int = setting(
+        "TABULAR_INFERENCE_THREADS", 0, "Intra-op threads of the ONNX session (0: the CPU quota)."
+    )
+    inference_spin: bool = setting(
+        "TABULAR_INFERENCE_SPIN",
+        False,
+        "Let idle ONNX threads spin between passes (faster alone; takes CPU from Pub/Sub threads).",
+    )
+    max_seq_length: int = setting(
+        "TABULAR_MAX_SEQ_LENGTH",
+        0,
+        "Tokens a row is truncated to (0: the model's own maximum; bge-m3's is 8192).",
     )
     sentence_transformers_home: str = setting(
         "SENTENCE_TRANSFORMERS_HOME", "", "Where sentence-transformers looks for named models."
@@ -128,6 +151,12 @@ class WorkerSettings(CommonSettings):
     port: int = setting("PORT", 8080, "HTTP port for /healthz, /readyz, /metrics.")
 
     def validate(self) -> None:
+        if self.inference_backend not in ("auto", "onnx", "torch"):
+            raise SettingsError("TABULAR_INFERENCE_BACKEND must be auto, onnx or torch")
+        if self.inference_precision not in ("auto", "fp32", "int8"):
+            raise SettingsError("TABULAR_INFERENCE_PRECISION must be auto, fp32 or int8")
+        if self.inference_threads < 0 or self.max_seq_length < 0:
+            raise SettingsError("TABULAR_INFERENCE_THREADS and TABULAR_MAX_SEQ_LENGTH must be >= 0")
         if self.model_load_strategy not in ("copy", "mount"):
             raise SettingsError("TABULAR_MODEL_LOAD_STRATEGY must be 'copy' or 'mount'")
         if self.shared_model_volume_enabled and inside(self.local_model_dir, self.model_cache_path):

@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +70,11 @@ def copy_hashing(src: Path, dst: Path, block: int = CHUNK_BYTES) -> tuple[int, s
     return size, digest.hexdigest()
 
 
-def verify_files(root: Path, model: ModelEntry, readers: int = 4) -> None:
-    """Hash a model's files where they lie (the `mount` strategy); raise on the first mismatch."""
+def verify_files(
+    root: Path, model: ModelEntry, readers: int = 4, only: Collection[str] | None = None
+) -> None:
+    """Hash a model's files (those in `only`, when given) where they lie (the `mount` strategy);
+    raise on the first mismatch."""
 
     def check(entry: FileEntry) -> None:
         path = safe_path(root, f"{model.location}/{entry.path}")
@@ -83,7 +86,7 @@ def verify_files(root: Path, model: ModelEntry, readers: int = 4) -> None:
             )
 
     with ThreadPoolExecutor(max(1, readers)) as pool:
-        list(pool.map(check, model.files))
+        list(pool.map(check, selected(model, only)))
 
 
 def copy_verified(
@@ -93,16 +96,20 @@ def copy_verified(
     *,
     readers: int = 4,
     chunk_bytes: int = CHUNK_BYTES,
+    only: Collection[str] | None = None,
 ) -> CopyResult:
-    """Copy `model`'s files from the cache under `root` into `dest`, verified, all or nothing.
+    """Copy `model`'s files (those named in `only`, when given) from the cache under `root` into
+    `dest`, verified, all or nothing.
 
     Files are written as `*.partial` and renamed once every checksum matched, so `dest` never
     holds an unverified file. Files under `manifests/` are renamed last: an Ollama server reading
     `dest` must never see a model manifest before its blobs.
     """
     started = time.perf_counter()
-    ensure_free_space(dest, model.size)
-    jobs = [_FileCopy(root, model, entry, dest) for entry in model.files]
+    files = selected(model, only)
+    size = sum(f.size for f in files)
+    ensure_free_space(dest, size)
+    jobs = [_FileCopy(root, model, entry, dest) for entry in files]
     try:
         for job in jobs:
             job.open()
@@ -117,7 +124,14 @@ def copy_verified(
         raise
     for job in sorted(jobs, key=lambda j: (j.entry.path.startswith("manifests/"), j.entry.path)):
         job.publish()
-    return CopyResult(len(jobs), model.size, time.perf_counter() - started)
+    return CopyResult(len(jobs), size, time.perf_counter() - started)
+
+
+def selected(model: ModelEntry, only: Collection[str] | None) -> tuple[FileEntry, ...]:
+    """The model's file entries named in `only` (all of them for None)."""
+    if only is None:
+        return model.files
+    return tuple(f for f in model.files if f.path in set(only))
 
 
 def _check_size(path: Path, entry: FileEntry) -> None:
