@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from harness.pubsub import PubSubEnv, PubSubServerPool, free_port
+from harness.pubsub import PubSubEnv, free_port
 from harness.worker_proc import ROOT, WorkerProcess
 from tests.conftest import PipelineFactory
 from worker.results import decode_vectors
@@ -138,18 +138,6 @@ async def test_mixed_jobs_agree_with_local_run(
     metrics = worker.get("/metrics")[1].decode()
     assert 'tabular_jobs_total{code="empty_table",outcome="error",type="embed"} 100.0' in metrics
     assert "tabular_pubsub_acks_total 500.0" in metrics
-
-
-@pytest.fixture
-def pubsub_redelivering(pubsub_servers: PubSubServerPool) -> Iterator[PubSubEnv]:
-    """Topics on the stand-in server, which redelivers a dead stream's messages after their
-    ack deadline as Pub/Sub does. The official emulator (0.8.20) over-delivers past flow control
-    and then never redelivers the messages that were in transit to a killed subscriber (seen
-    here: 100 of 2,000 still missing after 700 s), so a crash test against it can only hang."""
-    env = PubSubEnv(pubsub_servers.get("standin")).create()
-    yield env
-    env.close()
-    env.delete()
 
 
 def test_sigkill_halfway_loses_nothing(
