@@ -1,15 +1,16 @@
 """The drain simulation behind the capacity model (bench/scale.py, docs/scaling.md).
 
-Time moves in steps of `dt`. Each instance leases at most `in_flight` jobs from the subscription
-(flow control, TABULAR_MAX_IN_FLIGHT_JOBS) and, once ready, encodes their rows oldest-first in
-batches of at most `batch_rows` (TABULAR_BATCH_MAX_ROWS); a batch of n rows costs
-``per_call + n * per_row`` seconds, the service rate measured in docs/benchmarks.md. A job is
-acked when its last row is encoded. An instance starts `cold_start` seconds after it is asked for.
-A SIGKILLed instance's leased jobs come back after `lease_seconds` (its leases stop being
-extended); a SIGTERMed one stops pulling, finishes what it can within `grace_seconds`, and nacks
-the rest, which come back at once. With `ScalerRules` the instance count follows the autoscaler
-(bench/scaler.py) on the backlog it saw `metric_delay_seconds` earlier; without, it follows the
-given events. tests/test_scale_out.py replays its measured multi-worker run here.
+Time moves in steps of `dt`. Each instance leases at most `in_flight` jobs from the
+subscription (flow control, TABULAR_MAX_IN_FLIGHT_JOBS) and, once ready, encodes their rows
+oldest-first in calls of at most `batch_rows` rows (TABULAR_BATCH_MAX_ROWS); a call of n rows
+takes ``per_call + n * per_row`` seconds, the service rate measured in docs/benchmarks.md, and its
+rows are done when it returns. A job is acked when its last row is done. An instance starts
+`cold_start` seconds after it is asked for. A SIGKILLed instance's leased jobs come back after
+`lease_seconds` (its leases stop being extended); a SIGTERMed one stops pulling, finishes what
+it can within `grace_seconds`, and nacks the rest, which come back at once. With `ScalerRules`
+the instance count follows the autoscaler (bench/scaler.py) on the backlog it saw
+`metric_delay_seconds` earlier; without, it follows the given events. tests/test_scale_out.py
+replays its measured multi-worker run here.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ Event = Kill | Terminate | Start
 class _Instance:
     started: float
     ready_at: float
-    leases: list[list[float]] = field(default_factory=list)  # [job index, rows left]
+    # [job index, rows not yet in an encode call, rows not yet encoded], oldest first
+    leases: list[list[int]] = field(default_factory=list)
+    call: list[tuple[list[int], int]] = field(default_factory=list)  # (lease, rows) encoding
+    call_left: float = 0.0  # model seconds the call in progress still needs
     pulling: bool = True
     stop_at: float | None = None
     gone: bool = False
@@ -159,8 +163,8 @@ class Simulation:
 
     def _kill(self, instance: _Instance, t: float) -> None:
         instance.gone = True
-        self.returning += [(t + self.lease_seconds, int(job)) for job, _ in instance.leases]
-        instance.leases = []
+        self.returning += [(t + self.lease_seconds, lease[0]) for lease in instance.leases]
+        instance.leases, instance.call = [], []
 
     def _terminate(self, instance: _Instance, t: float) -> None:
         instance.pulling = False
@@ -179,36 +183,48 @@ class Simulation:
         if t < instance.ready_at:
             return
         if instance.stop_at is not None and t >= instance.stop_at:
-            self.queue.extendleft(reversed([int(job) for job, _ in instance.leases]))
-            instance.leases, instance.gone = [], True
+            self.queue.extendleft(reversed([lease[0] for lease in instance.leases]))
+            instance.leases, instance.call, instance.gone = [], [], True
             return
         if instance.pulling:
             while len(instance.leases) < self.rate.in_flight and self.queue:
                 job = self.queue.popleft()
-                instance.leases.append([job, float(self.rows[job])])
+                instance.leases.append([job, self.rows[job], self.rows[job]])
         self._encode(instance, self.dt)
 
     def _encode(self, instance: _Instance, budget: float) -> None:
-        r = self.rate
+        """Spend `budget` model seconds: finish the call in progress, start the next ones."""
         self._ack_finished(instance)
-        while budget > 1e-12 and instance.leases:
-            left = sum(rows for _, rows in instance.leases)
-            batch = min(float(r.batch_rows), left)
-            cost = r.per_call + batch * r.per_row
-            rows = batch if cost <= budget else batch * budget / cost
-            budget -= min(cost, budget)
-            for lease in instance.leases:  # oldest first, like the batcher
-                take = min(rows, lease[1])
+        while budget > 0:
+            if not instance.call and not self._start_call(instance):
+                return
+            spent = min(budget, instance.call_left)
+            budget -= spent
+            instance.call_left -= spent
+            if instance.call_left <= 1e-12:
+                for lease, rows in instance.call:
+                    lease[2] -= rows
+                instance.call = []
+                self._ack_finished(instance)
+
+    def _start_call(self, instance: _Instance) -> bool:
+        """The next encode call: up to batch_rows rows, oldest job first, like the batcher."""
+        size = 0
+        for lease in instance.leases:
+            take = min(lease[1], self.rate.batch_rows - size)
+            if take:
+                instance.call.append((lease, take))
                 lease[1] -= take
-                rows -= take
-                if rows <= 1e-12:
-                    break
-            self._ack_finished(instance)
+                size += take
+            if size == self.rate.batch_rows:
+                break
+        instance.call_left = self.rate.per_call + size * self.rate.per_row
+        return size > 0
 
     def _ack_finished(self, instance: _Instance) -> None:
-        done = [lease for lease in instance.leases if lease[1] <= 1e-9]
+        done = [lease for lease in instance.leases if lease[2] == 0]
         if done:
-            instance.leases = [lease for lease in instance.leases if lease[1] > 1e-9]
+            instance.leases = [lease for lease in instance.leases if lease[2] > 0]
             self.answered += len(done)
 
     # --- autoscaling --------------------------------------------------------------------------

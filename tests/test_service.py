@@ -221,12 +221,16 @@ def test_duplicate_deliveries_agree(pubsub: PubSubEnv, start_worker: StartWorker
     job = orjson.dumps({"job_id": "dup", "type": "classify", "labels": ["cats", "cars"],
                         "table": {"columns": ["t"], "rows": [["a kitten purrs"]]},
                         "output": {"embeddings": "base64"}})  # fmt: skip
-    pubsub.publish_job(job)
-    pubsub.publish_job(job)  # both in flight at once: computed twice, must agree
-    results = [orjson.loads(m.message.data) for m in pubsub.pull_results(2, timeout=120)]
-    pubsub.publish_job(job)  # after the result: answered from the recent-results memory
-    results += [orjson.loads(m.message.data) for m in pubsub.pull_results(1, timeout=120)]
+    sent = [pubsub.publish_job(job), pubsub.publish_job(job)]  # both in flight: computed twice
+    messages = pubsub.pull_results(2, timeout=120)
+    sent.append(pubsub.publish_job(job))  # after the result: answered from memory
+    messages += pubsub.pull_results(1, timeout=120)
+    results = [orjson.loads(m.message.data) for m in messages]
     assert len(results) == 3
+    # Each result names the delivery it answers, the one answered from memory included.
+    answered = sorted(m.message.attributes["source_message_id"] for m in messages)
+    assert answered == sorted(sent)
+    assert {m.message.attributes["delivery_attempt"] for m in messages} == {"1"}
     assert_agree(results[0], results[1])
     assert_agree(results[0], results[2])
     assert results[0]["predictions"][0]["label"] == "cats"
