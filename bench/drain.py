@@ -92,6 +92,7 @@ class Simulation:
         rate: ServiceRate,
         *,
         instances: int = 1,
+        warm: int = 0,
         cold_start: float = 0.0,
         scaler: ScalerRules | None = None,
         events: Sequence[Event] = (),
@@ -113,7 +114,9 @@ class Simulation:
         self.returning: list[tuple[float, int]] = []  # (when, job) of a killed instance's leases
         self.released = 0
         self.answered = 0
-        self.fleet = [_Instance(0.0, cold_start) for _ in range(instances)]
+        # `warm` instances are up at t=0; `instances` more are asked for at t=0 and start cold.
+        self.fleet = [_Instance(0.0, 0.0) for _ in range(warm)]
+        self.fleet += [_Instance(0.0, cold_start) for _ in range(instances)]
         self.history: deque[tuple[float, int]] = deque()  # (t, backlog) for the delayed metric
 
     def run(self, max_seconds: float = 86_400.0) -> Drain:
@@ -137,8 +140,9 @@ class Simulation:
             for instance in alive:
                 self._step(instance, t)
             t += self.dt
-            if self.answered == len(self.rows) and drained is None:
-                drained = t
+            if self.answered == len(self.rows):
+                drained = t if drained is None else drained
+                # With an autoscaler, run on until it is back at its minimum: that tail is paid.
                 if self.scaler is None or not self._any_running():
                     break
         return Drain(drained, instance_seconds, peak, self.answered, timeline)

@@ -12,6 +12,7 @@ a KEDA `gcp-pubsub` trigger) bench/scaler.py. Prices: Cloud Run instance-based b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     drain.add_argument("--max-instances", type=int, default=20)
     drain.add_argument("--cold-start", type=float, default=60.0)
     drain.add_argument("--metric-delay", type=float, default=120.0)
+    drain.add_argument("--in-flight", type=int, default=64, help="TABULAR_MAX_IN_FLIGHT_JOBS")
     drain.add_argument("--dt", type=float, default=0.5)
     drain.add_argument("--timeline", action="store_true", help="print backlog/instances per min")
     args = parser.parse_args(argv)  # fmt: skip
@@ -167,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             target_per_instance=args.target, min_instances=args.min_instances,
             max_instances=args.max_instances, metric_delay_seconds=args.metric_delay,
         )  # fmt: skip
-    sim = Simulation([args.rows_per_job] * args.jobs, rate, instances=args.instances,
+    rate = dataclasses.replace(rate, in_flight=args.in_flight)
+    warm = args.min_instances if rules else 0  # the autoscaler's minimum is up already
+    sim = Simulation([args.rows_per_job] * args.jobs, rate, instances=args.instances, warm=warm,
                      cold_start=args.cold_start, scaler=rules, dt=args.dt)  # fmt: skip
     result = sim.run()
     when = f"{result.drain_seconds:.0f} s" if result.drain_seconds is not None else "not drained"
