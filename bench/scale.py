@@ -126,14 +126,20 @@ def drain_table(rows: int = 1_000_000, rows_per_job: int = 100) -> list[str]:
         fleets.append(("CREMA 0..50, target 20 jobs", {"instances": 0, "scaler": ScalerRules(
             target_per_instance=20, min_instances=0, max_instances=50)}))  # fmt: skip
         for label, kw in fleets:
-            result = Simulation(jobs, rate, cold_start=cold, dt=0.5, **kw).run()  # type: ignore[arg-type]
-            when = f"{result.drain_seconds / 60:.1f} min" if result.drain_seconds else "> 24 h"
+            result = Simulation(jobs, rate, cold_start=cold, dt=0.5, **kw).run(7 * 86_400)  # type: ignore[arg-type]
+            when = _duration(result.drain_seconds)
             dollars = result.instance_seconds * SHAPE.dollars_per_second()
             lines.append(
                 f"| {key} | {label} | {cold:.0f} s | {when} | "
                 f"{result.instance_seconds / 3600:.2f} | ${dollars:.2f} |"
             )
     return lines
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not drained"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = Simulation([args.rows_per_job] * args.jobs, rate, instances=args.instances, warm=warm,
                      cold_start=args.cold_start, scaler=rules, dt=args.dt)  # fmt: skip
     result = sim.run()
-    when = f"{result.drain_seconds:.0f} s" if result.drain_seconds is not None else "not drained"
+    when = _duration(result.drain_seconds)
     dollars = result.instance_seconds * SHAPE.dollars_per_second()
     print(f"{args.backend}: {rate.rows_per_second():.1f} rows/s per instance; drained in {when}; "
           f"peak {result.peak_instances} instances; {result.instance_seconds / 3600:.2f} "

@@ -169,6 +169,7 @@ def test_three_workers_one_subscription_kill_and_term_lose_nothing(
         "jobs": len(jobs), "rows": sum(j.model_rows for j in jobs), "published_s": published_s,
         "event_at_s": at, "cold_start_s": cold_start, "measured_drain_s": drained,
         "predicted_drain_s": predicted, "measured_over_predicted": ratio,
+        "naive_drain_s": sum(j.model_rows for j in jobs) / (3 * rate.rows_per_second()),
         "redelivered": redelivered, "duplicates": duplicates, "retried": RETRIED,
         "load_average": os.getloadavg(),
     }  # fmt: skip
