@@ -75,14 +75,19 @@ def _named(blocks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def resources(tf: dict[str, Any]) -> Resources:
+def by_type(tf: dict[str, Any]) -> Resources:
+    """{resource type: {name: body}} of a loaded configuration."""
     out: Resources = {}
     for block in tf.get("resource", []):
         for rtype, named in block.items():
             for name, body in named.items():
                 out.setdefault(_unwrap(rtype), {})[_unwrap(name)] = body
     return out
+
+
+@pytest.fixture(scope="module")
+def resources(tf: dict[str, Any]) -> Resources:
+    return by_type(tf)
 
 
 def _one(value: Any) -> Any:

@@ -14,7 +14,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_infra import TF_DIR, Resources, _containers, _get, _get_list, _load_tf, _named, _one
+from tests.test_infra import (
+    TF_DIR,
+    Resources,
+    _containers,
+    _get,
+    _get_list,
+    _load_tf,
+    _named,
+    _one,
+    by_type,
+)
 from tests.test_infra import _tf_text as tf_text
 from tests.test_infra import _unwrap as unwrap
 
@@ -72,12 +82,7 @@ def tf() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def resources(tf: dict[str, Any]) -> Resources:
-    out: Resources = {}
-    for block in tf.get("resource", []):
-        for rtype, named in block.items():
-            for name, body in named.items():
-                out.setdefault(unwrap(rtype), {})[unwrap(name)] = body
-    return out
+    return by_type(tf)
 
 
 def defaults(tf: dict[str, Any]) -> dict[str, Any]:
