@@ -280,9 +280,10 @@ class Service:
         cached = self._recent.get(_peek_job_id(msg))
         if cached is not None:
             self.metrics.duplicates.inc()
-            data, attrs = cached
+            data, stored = cached
             # The stored result, but the attributes of this delivery, not of the first one.
-            attrs = {**attrs, **_delivery_attributes(msg)}
+            attrs = {k: v for k, v in stored.items() if k not in _DELIVERY_KEYS}
+            attrs |= _delivery_attributes(msg)
             return await self._publish(data, attrs), job_type_label(attrs.get("type"))
         outcome = await self.pipeline.handle(msg.data)
         fields = {"job_id": outcome.job_id, "delivery_attempt": msg.delivery_attempt,
@@ -345,6 +346,9 @@ def _attributes(outcome: Outcome, msg: Received) -> dict[str, str]:
         "type": outcome.type or "",
         **_delivery_attributes(msg),
     }
+
+
+_DELIVERY_KEYS = ("source_message_id", "delivery_attempt")
 
 
 def _delivery_attributes(msg: Received) -> dict[str, str]:
