@@ -120,6 +120,19 @@ class WorkerMetrics:
         )  # fmt: skip
         self.ready = Gauge("tabular_ready", "1 when the worker answers /readyz with 200.",
                            registry=r)  # fmt: skip
+        self.model_busy_ratio = Gauge(
+            "tabular_model_busy_ratio",
+            "Share of the last TABULAR_UTILISATION_WINDOW_SECONDS the model thread spent "
+            "working (encode, few-shot fits): the instance's utilisation.", registry=r,
+        )  # fmt: skip
+        self.model_busy_seconds = Counter(
+            "tabular_model_busy_seconds", "Seconds the model thread spent working.", registry=r
+        )
+        self.scaling_max_instances = Gauge(
+            "tabular_scaling_max_instances",
+            "The autoscaler's instance maximum, as configured (TABULAR_SCALING_MAX_INSTANCES; "
+            "0: not known).", registry=r,
+        )  # fmt: skip
         self.ollama_ready = Gauge(
             "tabular_ollama_ready", "1 when Ollama answers and the LLM model is present.",
             registry=r,

@@ -24,6 +24,7 @@ from worker.model import EmbeddingModel
 from worker.results import Outcome, encode_vectors, error_outcome, timings
 from worker.settings import WorkerSettings
 from worker.sources import load_source
+from worker.utilisation import BusyMeter
 
 log = logs.get(__name__)
 
@@ -44,12 +45,19 @@ class Pipeline:
         self.limits = Limits(
             settings.max_rows_per_job, settings.max_cell_chars, settings.max_job_bytes
         )
+        self.meter = BusyMeter(
+            settings.utilisation_window_seconds,
+            on_busy=metrics.model_busy_seconds.inc if metrics is not None else None,
+        )
+        if metrics is not None:
+            metrics.model_busy_ratio.set_function(self.meter.share)
         self.batcher = Batcher(
             max_rows=settings.batch_max_rows,
             max_tokens=settings.batch_max_tokens,
             max_wait=settings.batch_max_wait_ms / 1000,
             max_tokens_per_row=model.max_seq_length,
             observe=self._observe_batch,
+            meter=self.meter,
         )
 
     async def close(self) -> None:

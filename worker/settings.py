@@ -148,6 +148,18 @@ class WorkerSettings(CommonSettings):
     result_cache_size: int = setting(
         "TABULAR_RESULT_CACHE_SIZE", 1024, "Recent results kept to answer duplicates cheaply."
     )
+    # --- capacity and scaling -------------------------------------------------------------
+    utilisation_window_seconds: float = setting(
+        "TABULAR_UTILISATION_WINDOW_SECONDS",
+        60.0,
+        "Window of tabular_model_busy_ratio, the model thread's busy share.",
+    )
+    scaling_max_instances: int = setting(
+        "TABULAR_SCALING_MAX_INSTANCES",
+        0,
+        "The autoscaler's instance maximum, exported as tabular_scaling_max_instances for the "
+        "backlog alert (0: not known).",
+    )
     port: int = setting("PORT", 8080, "HTTP port for /healthz, /readyz, /metrics.")
 
     def validate(self) -> None:
@@ -164,5 +176,7 @@ class WorkerSettings(CommonSettings):
             raise SettingsError("TABULAR_LOCAL_MODEL_DIR must lie outside MODEL_CACHE_PATH")
         self.require_positive(
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
-            "model_copy_readers",
+            "model_copy_readers", "utilisation_window_seconds",
         )  # fmt: skip
+        if self.scaling_max_instances < 0:
+            raise SettingsError("TABULAR_SCALING_MAX_INSTANCES must be 0 (not known) or more")
