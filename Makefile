@@ -27,8 +27,15 @@ apt-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-demo: $(VENV)/.installed
-	$(BIN)/tabular-worker run --input examples/jobs.jsonl --format summary
+# The demo serves the packaged MiniLM through its ONNX variants (exported and gated once, ~1 min).
+DEMO_MODEL := .cache/models/all-MiniLM-L6-v2
+
+$(DEMO_MODEL)/onnx/variants.json: $(VENV)/.installed
+	$(BIN)/tabular-sync export --model all-MiniLM-L6-v2 --out $(DEMO_MODEL)
+
+demo: $(VENV)/.installed $(DEMO_MODEL)/onnx/variants.json
+	TABULAR_EMBEDDING_MODEL=$(DEMO_MODEL) $(BIN)/tabular-worker run --input examples/jobs.jsonl \
+		--format summary
 
 lint: venv
 	$(BIN)/ruff check .
@@ -44,6 +51,7 @@ test: lint typecheck pytest
 
 bench: venv
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/engine.py
 
 bench-cache: venv
 	$(BIN)/python bench/cache.py --repeat 7

@@ -32,9 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from base.cache.manifest import find_model, read_cache, verify  # noqa: E402
 from base.cache.specs import ModelSpec  # noqa: E402
+from engine.config import packaged_model_dir  # noqa: E402
 from sync.run import sync_once  # noqa: E402
 from sync.settings import SyncSettings  # noqa: E402
-from worker.model import packaged_model_dir  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
 
 BARE = """
@@ -64,7 +64,7 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 
 
 def sync_settings(cache: Path) -> SyncSettings:
-    return SyncSettings.from_env({}, model_cache_path=str(cache))
+    return SyncSettings.from_env({}, model_cache_path=str(cache), sync_export=False)
 
 
 def worker_settings(cache: Path, **overrides: object) -> WorkerSettings:
@@ -150,7 +150,7 @@ def bench_load(cache: Path, work: Path, repeat: int) -> dict[str, float]:
                                 local_model_dir=str(work / f"local-{strategy}"))  # fmt: skip
 
         def load(s: WorkerSettings = settings) -> object:
-            return load_cached(s, cache, entry, state.generation)
+            return load_cached(s, cache, entry, state.generation, None)
 
         out[f"{strategy}_s"] = median_time(load, repeat)
     out["copy_over_mount"] = out["copy_s"] / out["mount_s"]

@@ -33,8 +33,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from engine.heads import Prediction, few_shot, normalize  # noqa: E402
-from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir  # noqa: E402
+from engine.config import packaged_model_dir  # noqa: E402
+from engine.heads import Prediction, few_shot  # noqa: E402
+from engine.pooling import normalize  # noqa: E402
+from worker.model import EmbeddingModel, ModelInfo, Tuning  # noqa: E402
 from worker.rowtext import row_text  # noqa: E402
 
 Vectors = npt.NDArray[np.float32]
@@ -109,7 +111,8 @@ def main() -> None:
     parser.add_argument("--shots", default="1,2,4,8,16,32")
     args = parser.parse_args()
     path = packaged_model_dir()
-    model = EmbeddingModel.load(path, ModelInfo("all-MiniLM-L6-v2", str(path), "packaged"))
+    info = ModelInfo("all-MiniLM-L6-v2", str(path), "packaged")
+    model = EmbeddingModel.load(path, info, None, Tuning())  # torch, as the tests load it
     print("| table | shots/label | accuracy before | after | Brier before | after "
           "| ECE before | after |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

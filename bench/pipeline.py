@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -169,16 +169,19 @@ async def drive(handle: Callable[[bytes], Any], payloads: list[bytes], concurren
 
 
 async def measure_minilm(n_rows: int, repeats: int) -> tuple[list[Measurement], dict[str, Any]]:
-    from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir
+    from engine.config import packaged_model_dir
+    from engine.encoder import TorchEncoder
+    from worker.model import EmbeddingModel, ModelInfo, Tuning
     from worker.pipeline import Pipeline
     from worker.rowtext import row_text
     from worker.settings import WorkerSettings
 
     load_before = os.getloadavg()[0]
     path = packaged_model_dir()
-    model = EmbeddingModel.load(path, ModelInfo("all-MiniLM-L6-v2", str(path), "packaged"))
+    info = ModelInfo("all-MiniLM-L6-v2", str(path), "packaged")
+    model = EmbeddingModel.load(path, info, None, Tuning())  # torch
     model.warm_up()
-    st = model._st
+    st = cast(TorchEncoder, model.encoder).st
     settings = WorkerSettings.from_env()
     pipeline = Pipeline(settings, model)
     # Time spent inside the model's encode: (pipeline rows/s) / (model busy share) is what the
@@ -272,7 +275,7 @@ def sizing_child(n_rows: int, repeats: int, batch_size: int) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
-    from worker.model import packaged_model_dir
+    from engine.config import packaged_model_dir
     from worker.rowtext import row_text
 
     rss_start = rss_mb()

@@ -26,9 +26,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.config import packaged_model_dir
 from harness.pubsub import PubSubEnv, PubSubServer, make_subscriber
 from harness.worker_proc import WorkerProcess
-from worker.model import packaged_model_dir
 from worker.rowtext import row_text
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from engine.pooling import normalize
+
 Vectors = npt.NDArray[np.float32]
 
 
@@ -20,12 +22,6 @@ class Prediction:
     label: str
     score: float
     scores: dict[str, float]
-
-
-def normalize(vectors: Vectors) -> Vectors:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    out: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out
 
 
 def _predictions(probs: npt.NDArray[np.float64], names: list[str]) -> list[Prediction]:

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,20 @@ from harness.pubsub import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# `python -m worker serve`; a test may start another entry point that serves the same way.
+SERVE = ("-m", "worker", "serve")
+
+
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        port: int | None = None,
+        command: Sequence[str] = SERVE,
+    ) -> None:
         self.port = port or free_port()
+        self.command = list(command)
         self.log_path = log_path
         self.env = {
             **os.environ,
@@ -35,7 +47,7 @@ class WorkerProcess:
     def start(self, wait_ready: float = 120.0) -> WorkerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "serve"], env=self.env, cwd=ROOT,
+            [sys.executable, *self.command], env=self.env, cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
         log.close()

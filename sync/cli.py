@@ -3,6 +3,7 @@
 once     refresh every configured model (exit 0 when the cache is current, 1 on failure)
 listen   one sync per refresh event from TABULAR_REFRESH_SUBSCRIPTION
 verify   full check of a cache against its manifest (exit 1 and list every problem)
+export   ONNX variants of one model directory outside a cache, gated (prints the figures)
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="refetch and rewrite even what looks unchanged")  # fmt: skip
     sub.add_parser("listen", parents=[common, models], help="sync on each refresh event")
     sub.add_parser("verify", parents=[common], help="check every file against the manifest")
+    export = sub.add_parser("export", help="write a model's ONNX variants (outside a cache)")
+    export.add_argument(
+        "--model", required=True, metavar="PATH_OR_NAME",
+        help="a model directory, or all-MiniLM-L6-v2 (the packaged model)",
+    )  # fmt: skip
+    export.add_argument(
+        "--out", required=True, metavar="DIR",
+        help="the model directory to write: a copy of the model plus onnx/",
+    )  # fmt: skip
     return parser
 
 
@@ -48,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(SyncSettings)
     if settings is None:
         return 2
+    if args.command == "export":
+        return _export(args.model, Path(args.out))
     root = Path(args.cache or settings.model_cache_path)
     if args.command == "verify":
         return _verify(root, settings.cache_read_timeout_seconds)
@@ -98,6 +110,26 @@ def push_metrics(root: Path, result: SyncResult, settings: SyncSettings) -> bool
         return False
     log.info("Sync metrics pushed", extra={"gateway": gateway, "outcome": result.outcome})
     return True
+
+
+def _export(model: str, out: Path) -> int:
+    from engine.config import UnsupportedModel
+    from sync.variants import export_directory
+
+    try:
+        variants = export_directory(model, out)
+    except (OSError, UnsupportedModel) as exc:
+        log.error("Cannot export", extra={"model": model, "error": str(exc)})
+        return 1
+    print(f"{'variant':<20} {'passed':<7} {'mean cos':>9} {'min cos':>9} {'spearman':>9} "
+          f"{'zero-shot':>9} {'few-shot':>9} {'speed-up':>9}")  # fmt: skip
+    for v in variants.variants:
+        g = v.gate
+        print(f"{v.name:<20} {'yes' if v.passed else 'NO':<7} {g['mean_cosine']:>9.6f} "
+              f"{g['min_cosine']:>9.6f} {g['spearman']:>9.6f} {g['zero_shot_agreement']:>9.4f} "
+              f"{g['few_shot_agreement']:>9.4f} {g['speedup']:>8.2f}x")  # fmt: skip
+    print(f"gate: {variants.gate_rule}\nwritten: {out}")
+    return 0
 
 
 def _verify(root: Path, timeout: float) -> int:

@@ -52,6 +52,7 @@ from sync.gc import collect
 from sync.lock import Lease
 from sync.settings import SyncSettings
 from sync.sources import FetchContext, Fetched, StagedFile, parse_source, store_dir
+from sync.variants import add_variants, current
 
 log = logs.get(__name__)
 
@@ -152,6 +153,8 @@ def _sync_locked(
         result.models.append(ModelResult(name, "failed", error="not a configured model"))
     for spec in wanted:
         previous = None if force else _intact(root, current.get(spec.name))
+        if previous is not None and _export_due(previous, settings):
+            previous = None  # exported by an older version, or not at all: fetch and export
         model_result, entry = _sync_model(root, spec, settings, staging, previous)
         result.models.append(model_result)
         if entry is not None:
@@ -198,6 +201,7 @@ def _sync_model(
             log.info("Model unchanged", extra={"model": spec.name, "revision": previous.revision})
             return ModelResult(spec.name, "unchanged", previous.revision,
                                files_skipped=skipped), previous  # fmt: skip
+        add_variants(fetched, spec.name, settings.sync_export)
         entry = _entry(spec, fetched)
         written, skipped, nbytes = _publish(root, entry.location, fetched.files)
     except Exception as exc:
@@ -216,6 +220,7 @@ def _entry(spec: ModelSpec, fetched: Fetched) -> ModelEntry:
     return ModelEntry(
         spec.name, fetched.kind, spec.source, fetched.revision or tree,
         model_location(fetched.kind, spec.name, tree), files, fetched.fingerprint,
+        fetched.variants,
     )  # fmt: skip
 
 
@@ -232,6 +237,11 @@ def _publish(root: Path, location: str, files: list[StagedFile]) -> tuple[int, i
         os.replace(staged.staged, target)
         written, nbytes = written + 1, nbytes + staged.size
     return written, skipped, nbytes
+
+
+def _export_due(entry: ModelEntry, settings: SyncSettings) -> bool:
+    """An sbert model whose variants predate this exporter (or were never made) is exported."""
+    return settings.sync_export and entry.kind == "sbert" and not current(entry.variants)
 
 
 def _intact(root: Path, entry: ModelEntry | None) -> ModelEntry | None:

@@ -13,6 +13,12 @@ from base.env import CommonSettings, SettingsError, setting
 
 @dataclass(frozen=True)
 class SyncSettings(CommonSettings):
+    sync_export: bool = setting(
+        "TABULAR_SYNC_EXPORT",
+        True,
+        "Export ONNX variants (fp32, int8) of each sentence-transformers model and gate them "
+        "against torch fp32 (needs torch, onnx, onnxruntime: the sync image).",
+    )
     refresh_subscription: str = setting(
         "TABULAR_REFRESH_SUBSCRIPTION",
         "tabular-model-refresh-sub",

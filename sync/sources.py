@@ -21,6 +21,7 @@ from base import logs
 from base.cache.copy import copy_hashing
 from base.cache.manifest import TMP_DIR, ModelEntry, check_relative, sha256_bytes, sha256_file
 from base.cache.specs import HF_IGNORE, SpecError, parse_uri
+from base.cache.variants import Variants
 from sync.settings import SyncSettings
 
 log = logs.get(__name__)
@@ -46,6 +47,7 @@ class Fetched:
     fingerprint: str
     files: list[StagedFile] = field(default_factory=list)
     unchanged: bool = False  # identical to the previous entry: reuse it, nothing was fetched
+    variants: Variants | None = None  # ONNX variants staged with it (sync.variants)
 
     @property
     def bytes(self) -> int:

@@ -14,9 +14,11 @@ import orjson
 
 from base.cache.manifest import MANIFEST_NAME, Manifest, read_cache
 from base.cache.specs import ModelSpec
+from engine.config import packaged_model_dir
+from engine.pooling import normalize
 from sync.run import SyncResult, commit, sync_once
 from sync.settings import SyncSettings
-from worker.model import EmbeddingModel, packaged_model_dir
+from worker.model import EmbeddingModel
 from worker.results import decode_vectors
 from worker.rowtext import Cell, row_text
 
@@ -34,11 +36,16 @@ def sync_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120
                           capture_output=True, env=full, cwd=ROOT, timeout=timeout)  # fmt: skip
 
 
-def build(cache: Path, **models: Path | str) -> SyncResult:
-    """In-process `tabular-sync once` of file:// directories (or full URIs) into `cache`."""
+def build(cache: Path, export: bool = False, **models: Path | str) -> SyncResult:
+    """In-process `tabular-sync once` of file:// directories (or full URIs) into `cache`.
+
+    ONNX export is off unless asked for: it takes a minute per model, and most cache tests are
+    about the cache, not the variants (tests/test_sync_export.py covers those).
+    """
     specs = [ModelSpec(name, f"file://{src}" if isinstance(src, Path) else src)
              for name, src in models.items()]  # fmt: skip
-    result = sync_once(cache, specs, SyncSettings.from_env({}, model_cache_path=str(cache)))
+    settings = SyncSettings.from_env({}, model_cache_path=str(cache), sync_export=export)
+    result = sync_once(cache, specs, settings)
     assert result.ok, result
     return result
 
@@ -86,6 +93,6 @@ def assert_correct_embeddings(result: dict[str, Any], reference: EmbeddingModel)
     assert result["status"] == "ok", result
     got = decode_vectors(result["embeddings"])
     texts = [row_text(["product", "note"], row) for row in TEXTS]
-    want = reference._st.encode(texts, normalize_embeddings=True)
+    want = normalize(reference.encode(texts)[0])
     cosines = (got * want).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cosines.min() > 0.999, cosines

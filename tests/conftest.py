@@ -4,6 +4,9 @@ Prometheus/Pushgateway servers (see tests/prometheus_server.py)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,15 @@ from prometheus_client import CollectorRegistry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `tabular-sync` processes started by tests export ONNX variants only where a test asks for it
+# (tests/test_sync_export.py): an export takes about a minute per model.
+os.environ.setdefault("TABULAR_SYNC_EXPORT", "false")
 
+from engine.build import build_variants
+from engine.config import packaged_model_dir
+from harness.models import build_xlmr
 from tests.prometheus_server import MetricsEndpoint, PrometheusServer, Pushgateway
-from worker.model import EmbeddingModel, ModelInfo, packaged_model_dir
+from worker.model import EmbeddingModel, ModelInfo, Tuning
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
 
@@ -25,9 +34,37 @@ pytest_plugins = ["tests.pubsub_fixture"]
 @pytest.fixture(scope="session")
 def embedding_model() -> EmbeddingModel:
     path = packaged_model_dir()
-    model = EmbeddingModel.load(path, ModelInfo("all-MiniLM-L6-v2", str(path), "packaged"))
+    info = ModelInfo("all-MiniLM-L6-v2", str(path), "packaged")
+    model = EmbeddingModel.load(path, info, None, Tuning())  # torch: the reference
     model.warm_up()
     return model
+
+
+@pytest.fixture(scope="session")
+def minilm_exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged MiniLM with its ONNX variants, made once by `tabular-sync export` (CLI)."""
+    out = tmp_path_factory.mktemp("exported") / "minilm"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sync", "export", "--model", "all-MiniLM-L6-v2", "--out", str(out)],
+        capture_output=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def xlmr_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random XLM-RoBERTa sentence-transformers model: bge-m3's architecture."""
+    return build_xlmr(tmp_path_factory.mktemp("xlmr") / "xlmr-small")
+
+
+@pytest.fixture(scope="session")
+def xlmr_exported(xlmr_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small XLM-RoBERTa with its ONNX variants (engine.build, in process)."""
+    out = tmp_path_factory.mktemp("exported") / "xlmr"
+    shutil.copytree(xlmr_small, out)
+    build_variants(out)
+    return out
 
 
 @pytest.fixture

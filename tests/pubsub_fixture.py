@@ -6,6 +6,8 @@
   pause, kill or restart it.
 - ``pubsub_servers`` (session): a :class:`PubSubServerPool` giving one server per kind; tests
   take one with :func:`server_or_skip` (the contract tests run on both kinds).
+- ``pubsub_redelivering`` (function): a :class:`PubSubEnv` on the stand-in, for tests that kill
+  subscribers and need their messages back (see the fixture).
 """
 
 from __future__ import annotations
@@ -97,3 +99,15 @@ def pubsub_private() -> Iterator[PubSubEnv]:
         finally:
             server.resume()
             env.close()
+
+
+@pytest.fixture
+def pubsub_redelivering(pubsub_servers: PubSubServerPool) -> Iterator[PubSubEnv]:
+    """Topics on the stand-in server, which redelivers a dead stream's messages after their
+    ack deadline as Pub/Sub does. The official emulator (0.8.20) over-delivers past flow control
+    and then never redelivers the messages that were in transit to a killed subscriber (seen
+    here: 100 of 2,000 still missing after 700 s), so a crash test against it can only hang."""
+    env = PubSubEnv(pubsub_servers.get("standin")).create()
+    yield env
+    env.close()
+    env.delete()

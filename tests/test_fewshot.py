@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from bench.fewshot import before, scores, tables
-from engine.heads import few_shot, normalize
+from engine.heads import few_shot
+from engine.pooling import normalize
 from tests.cache_helpers import ROOT
 from tests.conftest import PipelineFactory
 from worker.model import EmbeddingModel

@@ -75,14 +75,19 @@ def _named(blocks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def resources(tf: dict[str, Any]) -> Resources:
+def by_type(tf: dict[str, Any]) -> Resources:
+    """{resource type: {name: body}} of a loaded configuration."""
     out: Resources = {}
     for block in tf.get("resource", []):
         for rtype, named in block.items():
             for name, body in named.items():
                 out.setdefault(_unwrap(rtype), {})[_unwrap(name)] = body
     return out
+
+
+@pytest.fixture(scope="module")
+def resources(tf: dict[str, Any]) -> Resources:
+    return by_type(tf)
 
 
 def _one(value: Any) -> Any:
@@ -186,9 +191,14 @@ def test_storage_grants_are_bucket_scoped(resources: Resources) -> None:
         assert "admin" not in role.lower(), f"{rtype}.{name} grants an admin role: {role}"
         if rtype.startswith("google_project_iam"):
             assert "storage" not in role, f"{rtype}.{name}: storage roles must be bucket-scoped"
-    # project-wide grants: only the write-only telemetry roles
-    telemetry = resources["google_project_iam_member"]
-    assert set(telemetry) == {"telemetry"}
+    # project-wide grants: the write-only telemetry roles, and the autoscaler's read-only ones
+    # (tests/test_infra_scaling.py checks those)
+    project_grants = resources["google_project_iam_member"]
+    assert set(project_grants) == {
+        "telemetry",
+        "autoscaler_monitoring_viewer",
+        "autoscaler_config_reader",
+    }
     text = _tf_text()["iam.tf"]
     block = text[text.index('resource "google_project_iam_member" "telemetry"') :]
     block = block[: block.index("\n}\n")]

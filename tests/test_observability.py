@@ -49,6 +49,14 @@ DASHBOARD = REPO / "infra" / "grafana" / "tabular-service.json"
 DOCS = REPO / "docs" / "observability.md"
 # Series that Prometheus itself provides (not exported by our code) and may be queried.
 PROMETHEUS_SERIES = frozenset({"ALERTS"})
+# Google Cloud metrics of the jobs subscription, as GMP / Cloud Monitoring PromQL names them
+# (docs/observability.md, "Backlog and scaling"); the autoscaler scales on the first.
+GOOGLE_CLOUD_SERIES = frozenset(
+    {
+        "pubsub_googleapis_com:subscription_num_undelivered_messages",
+        "pubsub_googleapis_com:subscription_oldest_unacked_message_age",
+    }
+)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -259,6 +267,7 @@ def test_required_alerts_exist() -> None:
         "TabularJobErrorRateHigh": "tabular_jobs_total",
         "TabularJobsDeadLettered": "tabular_pubsub_dead_lettered_total",
         "TabularJobLatencyHigh": "tabular_job_duration_seconds_bucket",
+        "TabularBacklogGrowingAtMaxInstances": "tabular_scaling_max_instances",
     }
     for alert, metric in required.items():
         assert alert in watched, alert
@@ -329,7 +338,7 @@ def test_metric_name_extractor_rejects_unknown_functions() -> None:
 
 
 def test_alert_expressions_name_only_exported_metrics() -> None:
-    known = exported_names()
+    known = exported_names() | GOOGLE_CLOUD_SERIES
     recorded = {rule["record"] for rule in recording_rules()}
     for rule in recording_rules() + alert_rules():
         names = metric_names(rule["expr"])
@@ -365,7 +374,7 @@ def test_dashboard_uses_a_prometheus_datasource_variable() -> None:
 
 
 def test_dashboard_expressions_name_only_exported_metrics() -> None:
-    known = exported_names() | PROMETHEUS_SERIES
+    known = exported_names() | PROMETHEUS_SERIES | GOOGLE_CLOUD_SERIES
     for title, expr in dashboard_exprs():
         names = metric_names(expr)
         assert names, f"{title}: no metric in {expr!r}"

@@ -180,7 +180,7 @@ async def test_model_copied_from_cache_instead_of_pulled(
     try:
         cache = tmp_path / "cache"
         settings = SyncSettings.from_env(
-            {}, model_cache_path=str(cache), sync_ollama_host=source.url,
+            {}, model_cache_path=str(cache), sync_ollama_host=source.url, sync_export=False,
             sync_ollama_models=str(source.models_dir),
         )  # fmt: skip
         assert sync_once(cache, [ModelSpec("llama", f"ollama://{MODEL}")], settings).ok

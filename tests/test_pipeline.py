@@ -9,6 +9,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from engine.heads import choose_regularization
+from engine.pooling import normalize
 from tests.conftest import PipelineFactory
 from worker.model import EmbeddingModel
 from worker.results import decode_vectors
@@ -42,7 +43,7 @@ async def test_embeddings_equal_raw_encode(
     assert result["dims"] == 384 and result["rows"] == 4
     got = decode_vectors(result["embeddings"])
     texts = [row_text(COLUMNS, row) for row in ROWS]
-    raw = embedding_model._st.encode(texts, normalize_embeddings=True)
+    raw = normalize(embedding_model.encode(texts)[0])
     assert got.shape == (4, 384)
     assert _cosines(got, raw).min() >= 0.999
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
@@ -56,7 +57,7 @@ async def test_normalize_off_returns_raw_norms(
                "output": {"normalize": False}}  # fmt: skip
     result = (await make_pipeline().handle(orjson.dumps(payload))).result
     got = decode_vectors(result["embeddings"])
-    raw = embedding_model._st.encode([row_text(COLUMNS, r) for r in ROWS[:2]])
+    raw = embedding_model.encode([row_text(COLUMNS, r) for r in ROWS[:2]])[0]
     assert result["normalized"] is False
     assert np.allclose(np.linalg.norm(got, axis=1), np.linalg.norm(raw, axis=1), rtol=1e-3)
 
@@ -82,7 +83,7 @@ async def test_few_shot_matches_logistic_regression_on_raw_embeddings(
     ours = np.mean([p["label"] == labels[i] for p, i in zip(result["predictions"], test,
                                                              strict=True)])  # fmt: skip
     texts = [row_text(columns, r) for r in rows]
-    vectors = embedding_model._st.encode(texts, normalize_embeddings=True)
+    vectors = normalize(embedding_model.encode(texts)[0])
     train_labels = np.array([labels[i] for i in train])
     chosen = choose_regularization(vectors[train], train_labels)
     direct = LogisticRegression(max_iter=2000, C=chosen).fit(vectors[train], train_labels)

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
+from engine.pooling import normalize
 from tests.cache_helpers import PACKAGED, TEXTS, build, copy_model
 from worker.metrics import WorkerMetrics
 from worker.model import EmbeddingModel
@@ -83,8 +84,8 @@ async def test_jobs_flow_through_generation_switches(
         await pipeline.close()
 
     assert len(results) == submitted > 20, "every submitted job has a result"
-    want = embedding_model._st.encode([row_text(["product", "note"], r) for r in TEXTS],
-                                      normalize_embeddings=True)  # fmt: skip
+    texts = [row_text(["product", "note"], r) for r in TEXTS]
+    want = normalize(embedding_model.encode(texts)[0])
     for _, result in results:
         assert result["status"] == "ok", result
         assert np.allclose(decode_vectors(result["embeddings"]), want, atol=1e-4)

@@ -15,7 +15,8 @@ import numpy as np
 import orjson
 import pytest
 
-from harness.pubsub import PubSubEnv, PubSubServerPool, free_port
+from engine.pooling import normalize
+from harness.pubsub import PubSubEnv, free_port
 from harness.worker_proc import ROOT, WorkerProcess
 from tests.conftest import PipelineFactory
 from worker.results import decode_vectors
@@ -140,18 +141,6 @@ async def test_mixed_jobs_agree_with_local_run(
     assert "tabular_pubsub_acks_total 500.0" in metrics
 
 
-@pytest.fixture
-def pubsub_redelivering(pubsub_servers: PubSubServerPool) -> Iterator[PubSubEnv]:
-    """Topics on the stand-in server, which redelivers a dead stream's messages after their
-    ack deadline as Pub/Sub does. The official emulator (0.8.20) over-delivers past flow control
-    and then never redelivers the messages that were in transit to a killed subscriber (seen
-    here: 100 of 2,000 still missing after 700 s), so a crash test against it can only hang."""
-    env = PubSubEnv(pubsub_servers.get("standin")).create()
-    yield env
-    env.close()
-    env.delete()
-
-
 def test_sigkill_halfway_loses_nothing(
     pubsub_redelivering: PubSubEnv, start_worker: StartWorker
 ) -> None:
@@ -233,12 +222,16 @@ def test_duplicate_deliveries_agree(pubsub: PubSubEnv, start_worker: StartWorker
     job = orjson.dumps({"job_id": "dup", "type": "classify", "labels": ["cats", "cars"],
                         "table": {"columns": ["t"], "rows": [["a kitten purrs"]]},
                         "output": {"embeddings": "base64"}})  # fmt: skip
-    pubsub.publish_job(job)
-    pubsub.publish_job(job)  # both in flight at once: computed twice, must agree
-    results = [orjson.loads(m.message.data) for m in pubsub.pull_results(2, timeout=120)]
-    pubsub.publish_job(job)  # after the result: answered from the recent-results memory
-    results += [orjson.loads(m.message.data) for m in pubsub.pull_results(1, timeout=120)]
+    sent = [pubsub.publish_job(job), pubsub.publish_job(job)]  # both in flight: computed twice
+    messages = pubsub.pull_results(2, timeout=120)
+    sent.append(pubsub.publish_job(job))  # after the result: answered from memory
+    messages += pubsub.pull_results(1, timeout=120)
+    results = [orjson.loads(m.message.data) for m in messages]
     assert len(results) == 3
+    # Each result names the delivery it answers, the one answered from memory included.
+    answered = sorted(m.message.attributes["source_message_id"] for m in messages)
+    assert answered == sorted(sent)
+    assert {m.message.attributes["delivery_attempt"] for m in messages} == {"1"}
     assert_agree(results[0], results[1])
     assert_agree(results[0], results[2])
     assert results[0]["predictions"][0]["label"] == "cats"
@@ -339,7 +332,7 @@ def test_submit_wait_writes_npy(
     from worker.rowtext import row_text
 
     texts = [row_text(["name", "city"], [f"person {i}", f"city {i % 7}"]) for i in range(50)]
-    want = make_pipeline().model._st.encode(texts, normalize_embeddings=True)
+    want = normalize(make_pipeline().model.encode(texts)[0])
     assert ((vectors * want).sum(1)).min() >= 0.999
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from base.aio import cancel_and_wait
+from worker.utilisation import BusyMeter
 
 _T = TypeVar("_T")
 Vectors = npt.NDArray[np.float32]
@@ -51,12 +52,14 @@ class Batcher:
         max_wait: float = 0.005,
         max_tokens_per_row: int = 512,
         observe: BatchObserver | None = None,
+        meter: BusyMeter | None = None,
     ) -> None:
         self.max_rows = max_rows
         self.max_tokens = max_tokens
         self.max_wait = max_wait
         self.max_tokens_per_row = max_tokens_per_row
         self._observe = observe
+        self.meter = meter  # times everything the model thread runs (utilisation)
         self._queue: deque[_Request] = deque()
         self._wakeup = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -83,7 +86,18 @@ class Batcher:
 
     async def run_in_model_thread(self, fn: Callable[[], _T]) -> _T:
         """Work that must not overlap with encode (model load, warm-up) goes through here."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        meter = self.meter
+        if meter is None:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+        def timed() -> _T:
+            meter.begin()
+            try:
+                return fn()
+            finally:
+                meter.end()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)

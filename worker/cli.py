@@ -62,13 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(WorkerSettings)
     if settings is None:
         return 2
-    if args.command == "run":
-        return _run(settings, args)
-    if args.command == "serve":
+    if args.command == "submit":
+        return _submit(settings, args)
+    from worker.backend import BackendUnavailable
+    from worker.modelstore import ModelStoreError
+
+    try:
+        if args.command == "run":
+            return _run(settings, args)
         from worker.service import Service
 
         return asyncio.run(Service(settings).run())
-    return _submit(settings, args)
+    except BackendUnavailable as exc:
+        log.error("Inference backend unavailable", extra={"error": str(exc)})
+        return 2
+    except ModelStoreError as exc:
+        log.error("No model to serve", extra={"error": str(exc)})
+        return 3
 
 
 def _submit(settings: WorkerSettings, args: argparse.Namespace) -> int:
@@ -97,8 +107,6 @@ def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
         output = open(args.output, "wb")
     else:
         output = sys.stdout.buffer
-    from worker.modelstore import ModelStoreError
-
     fmt = args.format
     if fmt == "auto":
         fmt = "summary" if not args.output and sys.stdout.isatty() else "jsonl"
@@ -107,9 +115,6 @@ def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         log.error("Input not found", extra={"path": exc.filename})
         return 2
-    except ModelStoreError as exc:
-        log.error("No model to serve", extra={"error": str(exc)})
-        return 3
     finally:
         if args.output:
             output.close()

@@ -98,13 +98,17 @@ class WorkerMetrics:
             ["result", "reason"], registry=r,
         )  # fmt: skip
         self.model_load_seconds = Gauge(
-            "tabular_model_load_seconds", "Seconds the last model load took.", registry=r
-        )
+            "tabular_model_load_seconds", "Seconds the last model load took, by backend.",
+            ["backend", "precision"], registry=r,
+        )  # fmt: skip
         self.model_warmup_seconds = Gauge(
-            "tabular_model_warmup_seconds", "Seconds the last warm-up encode took.", registry=r
-        )
+            "tabular_model_warmup_seconds", "Seconds the last warm-up encode took, by backend.",
+            ["backend", "precision"], registry=r,
+        )  # fmt: skip
         self.model_info = Info(
-            "tabular_model", "The model serving embeddings (name, source, generation).", registry=r
+            "tabular_model",
+            "The model serving embeddings (name, source, generation, backend, precision, variant).",
+            registry=r,
         )
         self.model_generation = Gauge(
             "tabular_model_generation", "Cache generation of the loaded model (0: not from the "
@@ -116,6 +120,19 @@ class WorkerMetrics:
         )  # fmt: skip
         self.ready = Gauge("tabular_ready", "1 when the worker answers /readyz with 200.",
                            registry=r)  # fmt: skip
+        self.model_busy_ratio = Gauge(
+            "tabular_model_busy_ratio",
+            "Share of the last TABULAR_UTILISATION_WINDOW_SECONDS the model thread spent "
+            "working (encode, few-shot fits): the instance's utilisation.", registry=r,
+        )  # fmt: skip
+        self.model_busy_seconds = Counter(
+            "tabular_model_busy_seconds", "Seconds the model thread spent working.", registry=r
+        )
+        self.scaling_max_instances = Gauge(
+            "tabular_scaling_max_instances",
+            "The autoscaler's instance maximum, as configured (TABULAR_SCALING_MAX_INSTANCES; "
+            "0: not known).", registry=r,
+        )  # fmt: skip
         self.ollama_ready = Gauge(
             "tabular_ollama_ready", "1 when Ollama answers and the LLM model is present.",
             registry=r,
@@ -131,6 +148,15 @@ class WorkerMetrics:
         self.cache_size_bytes = Gauge(
             "tabular_cache_size_bytes", "Bytes the cache's manifest accounts for.", registry=r
         )
+
+    def set_model_times(
+        self, backend: str, precision: str, load_seconds: float, warmup_seconds: float
+    ) -> None:
+        """Load and warm-up time of the model now serving (one series: the old one is cleared)."""
+        for gauge, value in ((self.model_load_seconds, load_seconds),
+                             (self.model_warmup_seconds, warmup_seconds)):  # fmt: skip
+            gauge.clear()
+            gauge.labels(backend, precision).set(value)
 
     def set_sync_status(
         self, last_success_unix: float, consecutive_failures: int, cache_size_bytes: int | None

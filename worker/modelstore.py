@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import importlib
 import os
 import re
 import shutil
@@ -46,8 +47,10 @@ from base.cache.manifest import (
 from base.cache.reads import Stalled, with_deadline
 from base.cache.specs import HF_IGNORE, SpecError, configured_source
 from base.cache.status import cache_status
+from base.cache.variants import Variant, read_variants, serving_files
+from worker.backend import BackendUnavailable, choose
 from worker.metrics import WorkerMetrics
-from worker.model import EmbeddingModel, ModelInfo, local_model_dir
+from worker.model import EmbeddingModel, ModelInfo, Tuning, local_model_dir
 from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -96,16 +99,23 @@ async def load_embedding_model(
 
 
 def report_lookup(
-    settings: WorkerSettings, lookup: CacheLookup, metrics: WorkerMetrics | None
+    settings: WorkerSettings,
+    lookup: CacheLookup,
+    metrics: WorkerMetrics | None,
+    model: EmbeddingModel | None = None,
 ) -> None:
-    """The verdict of one cache check: logged and counted (the hit-rate alert's input)."""
+    """The verdict of one cache check: logged and counted (the hit-rate alert's input). On a
+    hit, `model` (from the cache) adds its backend and precision; on a miss they are empty, as
+    the fallback has not loaded anything yet."""
     global _last_lookup
     _last_lookup = lookup
     log.info(
         "Model cache checked",
         extra={"cache_hit": lookup.cache_hit, "reason": lookup.reason,
                "generation": lookup.generation, "detail": lookup.detail,
-               "model": settings.embedding_model, "strategy": settings.model_load_strategy},
+               "model": settings.embedding_model, "strategy": settings.model_load_strategy,
+               "backend": model.info.backend if model else "",
+               "precision": model.info.precision if model else ""},
     )  # fmt: skip
     if metrics is not None:
         metrics.cache_lookups.labels("hit" if lookup.cache_hit else "miss", lookup.reason).inc()
@@ -151,9 +161,8 @@ def current_generation(settings: WorkerSettings) -> int | None:
 
 
 def _load(settings: WorkerSettings, metrics: WorkerMetrics | None) -> EmbeddingModel:
-    threading.Thread(target=_preimport, name="preimport", daemon=True).start()
     lookup, model = try_cache(settings)
-    report_lookup(settings, lookup, metrics)
+    report_lookup(settings, lookup, metrics, model)
     if model is not None:
         return model
     if lookup.reason != "disabled":
@@ -168,14 +177,18 @@ def _load(settings: WorkerSettings, metrics: WorkerMetrics | None) -> EmbeddingM
         raise
 
 
-def _preimport() -> None:
-    """Import sentence-transformers (seconds, mostly CPU) while the cache is checked and copied
-    (I/O and hashing, which release the GIL): a cache hit then starts about as fast as a bare
-    process that only imports and loads."""
-    try:
-        import sentence_transformers  # noqa: F401
-    except Exception:
-        pass  # the load itself reports import problems
+def _preimport(variant: Variant | None) -> None:
+    """Import the backend's library (sentence-transformers takes seconds, mostly CPU) in a thread
+    while the cache is copied (I/O and hashing, which release the GIL): a cache hit then starts
+    about as fast as a bare process that only imports and loads."""
+
+    def run() -> None:
+        try:
+            importlib.import_module("onnxruntime" if variant else "sentence_transformers")
+        except Exception:
+            pass  # the load itself reports import problems
+
+    threading.Thread(target=run, name="preimport", daemon=True).start()
 
 
 def try_cache(settings: WorkerSettings) -> tuple[CacheLookup, EmbeddingModel | None]:
@@ -200,8 +213,10 @@ def try_cache(settings: WorkerSettings) -> tuple[CacheLookup, EmbeddingModel | N
     if entry is None:
         detail = f"{settings.embedding_model!r} is not an sbert model of generation {generation}"
         return CacheLookup(False, "model_not_in_manifest", generation, detail), None
+    variant = choose(entry.variants, settings.inference_backend, settings.inference_precision)
+    _preimport(variant)
     try:
-        model = load_cached(settings, root, entry, generation)
+        model = load_cached(settings, root, entry, generation, variant)
     except ChecksumMismatch as exc:
         return CacheLookup(False, "checksum_mismatch", generation, str(exc)), None
     except Stalled as exc:
@@ -217,34 +232,42 @@ def try_cache(settings: WorkerSettings) -> tuple[CacheLookup, EmbeddingModel | N
 
 
 def load_cached(
-    settings: WorkerSettings, root: Path, entry: ModelEntry, generation: int
+    settings: WorkerSettings,
+    root: Path,
+    entry: ModelEntry,
+    generation: int,
+    variant: Variant | None,
 ) -> EmbeddingModel:
-    """Blocking: a verified copy (`copy`) or an in-place check (`mount`), then load and warm.
+    """Blocking: a verified copy (`copy`) or an in-place check (`mount`) of the files `variant`
+    needs (None: the torch model), then load and warm.
 
     The files' sizes are checked against the manifest first: a manifest claiming more than the
     files hold is a checksum mismatch, not a reason to give up for lack of space.
     """
+    listed = entry.variants.variants if entry.variants else ()
+    only = serving_files([f.path for f in entry.files], variant, listed)
     timeout, readers = settings.cache_read_timeout_seconds, settings.model_copy_readers
-    check_sizes(root, entry, timeout)
+    info = ModelInfo(settings.embedding_model, "", "cache", generation, entry.revision)
+    check_sizes(root, entry, timeout, only=only)
     if settings.model_load_strategy == "mount":
-        verify_files(root, entry, readers=readers, timeout=timeout)
-        return _load_dir(settings, safe_path(root, entry.location), entry, generation)
+        verify_files(root, entry, readers=readers, only=only, timeout=timeout)
+        return _load_warm(settings, safe_path(root, entry.location), info, variant)
     parent = Path(settings.local_model_dir) / "cache" / entry.kind
-    ensure_free_space(parent, entry.size)
+    ensure_free_space(parent, sum(f.size for f in entry.files if f.path in set(only)))
     dest = Path(tempfile.mkdtemp(prefix=f"{_slug(entry.name)}-g{generation}-", dir=parent))
     try:
-        copy_verified(root, entry, dest, readers=readers, timeout=timeout)
-        return _load_dir(settings, dest, entry, generation)
+        copy_verified(root, entry, dest, readers=readers, only=only, timeout=timeout)
+        return _load_warm(settings, dest, info, variant)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
 
 
-def _load_dir(
-    settings: WorkerSettings, path: Path, entry: ModelEntry, generation: int
+def _load_warm(
+    settings: WorkerSettings, path: Path | str, info: ModelInfo, variant: Variant | None
 ) -> EmbeddingModel:
-    info = ModelInfo(settings.embedding_model, str(path), "cache", generation, entry.revision)
-    model = EmbeddingModel.load(path, info)
+    tuning = Tuning(settings.inference_threads, settings.inference_spin, settings.max_seq_length)
+    model = EmbeddingModel.load(path, dataclasses.replace(info, path=str(path)), variant, tuning)
     model.warm_up()
     return model
 
@@ -257,9 +280,11 @@ def load_local(settings: WorkerSettings) -> EmbeddingModel:
     """Blocking: load and warm the configured model from local storage."""
     try:
         path, source = resolve_local(settings)
-        model = EmbeddingModel.load(path, ModelInfo(settings.embedding_model, str(path), source))
-        model.warm_up()
-    except ModelStoreError:
+        variants = read_variants(path) if isinstance(path, Path) else None
+        variant = choose(variants, settings.inference_backend, settings.inference_precision)
+        info = ModelInfo(settings.embedding_model, str(path), source)
+        model = _load_warm(settings, path, info, variant)
+    except (ModelStoreError, BackendUnavailable):
         raise
     except InsufficientSpace as exc:
         raise ModelStoreError(str(exc), "insufficient_space") from exc
@@ -392,11 +417,16 @@ class CacheReloader:
         entry = find_model(state.manifest, self.settings.embedding_model, kind="sbert")
         if entry is None:
             raise ModelStoreError(f"{self.settings.embedding_model!r} is not in the manifest")
-        if current.info.source == "cache" and current.info.revision == entry.revision:
+        s = self.settings
+        variant = choose(entry.variants, s.inference_backend, s.inference_precision)
+        same = current.info.revision == entry.revision and current.info.variant == (
+            variant.name if variant else ""
+        )
+        if current.info.source == "cache" and same:
             # Same files, new generation (another model changed): relabel, no reload.
             info = dataclasses.replace(current.info, generation=state.generation)
             return current.relabel(info)
-        return load_cached(self.settings, root, entry, state.generation)
+        return load_cached(s, root, entry, state.generation, variant)
 
     def _free(self, old: ModelInfo) -> None:
         """Delete the old local copy (on Cloud Run it occupies memory) and collect the model.
@@ -421,6 +451,9 @@ def _log_loaded(model: EmbeddingModel) -> None:
             "model": model.info.name,
             "source": model.info.source,
             "generation": model.info.generation,
+            "backend": model.info.backend,
+            "precision": model.info.precision,
+            "variant": model.info.variant,
             "load_seconds": round(model.load_seconds, 3),
             "warmup_seconds": round(model.warmup_seconds, 3),
             "dims": model.dims,
@@ -429,10 +462,10 @@ def _log_loaded(model: EmbeddingModel) -> None:
 
 
 def _export(metrics: WorkerMetrics, model: EmbeddingModel) -> None:
-    metrics.model_load_seconds.set(model.load_seconds)
-    metrics.model_warmup_seconds.set(model.warmup_seconds)
-    metrics.model_generation.set(model.info.generation)
+    info = model.info
+    metrics.set_model_times(info.backend, info.precision, model.load_seconds, model.warmup_seconds)
+    metrics.model_generation.set(info.generation)
     metrics.model_info.info(
-        {"name": model.info.name, "source": model.info.source,
-         "generation": str(model.info.generation)}
+        {"name": info.name, "source": info.source, "generation": str(info.generation),
+         "backend": info.backend, "precision": info.precision, "variant": info.variant}
     )  # fmt: skip

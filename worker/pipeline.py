@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from base import logs
-from engine.heads import Prediction, few_shot, normalize, zero_shot
+from engine.heads import Prediction, few_shot, zero_shot
+from engine.pooling import normalize
 from worker.batcher import Batcher, ModelError, Vectors
 from worker.classify import LlmClassifier
 from worker.cost import check_cost, job_cost
@@ -24,6 +25,7 @@ from worker.model import EmbeddingModel
 from worker.results import Outcome, encode_vectors, error_outcome, timings
 from worker.settings import WorkerSettings
 from worker.sources import load_source
+from worker.utilisation import BusyMeter
 
 log = logs.get(__name__)
 
@@ -50,12 +52,19 @@ class Pipeline:
             max_scores=settings.max_job_scores,
             max_result_bytes=settings.max_result_bytes,
         )
+        self.meter = BusyMeter(
+            settings.utilisation_window_seconds,
+            on_busy=metrics.model_busy_seconds.inc if metrics is not None else None,
+        )
+        if metrics is not None:
+            metrics.model_busy_ratio.set_function(self.meter.share)
         self.batcher = Batcher(
             max_rows=settings.batch_max_rows,
             max_tokens=settings.batch_max_tokens,
             max_wait=settings.batch_max_wait_ms / 1000,
             max_tokens_per_row=model.max_seq_length,
             observe=self._observe_batch,
+            meter=self.meter,
         )
 
     async def close(self) -> None:
@@ -102,6 +111,8 @@ class Pipeline:
                 "source": model.info.source,
                 "generation": model.info.generation,
                 "revision": model.info.revision,
+                "backend": model.info.backend,
+                "precision": model.info.precision,
             },
             "rows": len(job.rows),
         }

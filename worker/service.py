@@ -12,6 +12,7 @@ import functools
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from base.http import HealthServer
 from worker import transport
 from worker.classify import LlmClassifier
 from worker.metrics import WorkerMetrics, job_type_label
+from worker.model import EmbeddingModel
 from worker.modelstore import (
     CacheReloader,
     cache_snapshot,
@@ -68,10 +70,21 @@ class RecentResults:
             self._bytes -= len(self._items.popitem(last=False)[1][0])
 
 
+# How the service gets its embedding model: `load_embedding_model` in production; a test can
+# hand in another loader (tests/delay_worker.py) without touching the rest of the service.
+ModelLoader = Callable[[WorkerSettings, WorkerMetrics], Awaitable[EmbeddingModel]]
+
+
 class Service:
-    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        metrics: WorkerMetrics | None = None,
+        load_model: ModelLoader = load_embedding_model,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
+        self._load_model = load_model
         self.pipeline: Pipeline | None = None
         self.stop = asyncio.Event()
         self.subscription = ""
@@ -142,7 +155,7 @@ class Service:
         if self.stop.is_set():
             return 0
         self.ollama.start()  # comes up in the background; embedding work never waits for it
-        model = await load_embedding_model(s, self.metrics)
+        model = await self._load_model(s, self.metrics)
         self.pipeline = Pipeline(s, model, metrics=self.metrics, llm=self._llm())
         self._state["model"] = {
             "state": "ready", "name": model.info.name, "source": model.info.source,
@@ -151,6 +164,7 @@ class Service:
         if self.stop.is_set():
             return 0
         self.metrics.ready.set(1)
+        self.metrics.scaling_max_instances.set(s.scaling_max_instances)
         log.info("Worker ready", extra={"subscription": self.subscription})
         flow = pubsub_v1.types.FlowControl(
             max_messages=s.max_in_flight_jobs,
@@ -266,7 +280,11 @@ class Service:
         cached = _duplicate_of(self._recent, msg)
         if cached is not None:
             self.metrics.duplicates.inc()
-            return await self._publish(*cached), job_type_label(cached[1].get("type"))
+            data, stored = cached
+            # The stored result, but the attributes of this delivery, not of the first one.
+            attrs = {k: v for k, v in stored.items() if k not in _DELIVERY_KEYS}
+            attrs |= _delivery_attributes(msg)
+            return await self._publish(data, attrs), job_type_label(attrs.get("type"))
         outcome = await self.pipeline.handle(msg.data)
         fields = {"job_id": outcome.job_id, "delivery_attempt": msg.delivery_attempt,
                   "message_id": msg.message_id}  # fmt: skip
@@ -338,8 +356,20 @@ def _attributes(outcome: Outcome, msg: Received) -> dict[str, str]:
         "job_id": outcome.job_id or "",
         "status": outcome.status,
         "type": outcome.type or "",
-        "source_message_id": msg.message_id,
+        **_delivery_attributes(msg),
     }
+
+
+_DELIVERY_KEYS = ("source_message_id", "delivery_attempt")
+
+
+def _delivery_attributes(msg: Received) -> dict[str, str]:
+    """Which delivery a result answers: the job's message id and, when the subscription has a
+    dead-letter policy (Pub/Sub counts attempts only then), the delivery attempt."""
+    attrs = {"source_message_id": msg.message_id}
+    if msg.delivery_attempt is not None:
+        attrs["delivery_attempt"] = str(msg.delivery_attempt)
+    return attrs
 
 
 def _give_up(outcome: Outcome, attempt: int) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from base.env import CommonSettings, SettingsError, inside, setting
-
-PACKAGED_MODEL = "all-MiniLM-L6-v2"
+from engine.config import PACKAGED_MODEL
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,30 @@ class WorkerSettings(CommonSettings):
     )
     normalize_embeddings: bool = setting(
         "TABULAR_NORMALIZE_EMBEDDINGS", True, "L2-normalise embeddings (jobs may override)."
+    )
+    inference_backend: str = setting(
+        "TABULAR_INFERENCE_BACKEND",
+        "auto",
+        "auto (the fastest ONNX variant that passed the quality gate, else torch), onnx or torch.",
+    )
+    inference_precision: str = setting(
+        "TABULAR_INFERENCE_PRECISION",
+        "auto",
+        "auto (int8 when it passed the gate, else fp32), fp32 or int8. Naming a precision serves "
+        "that ONNX variant even if it failed the gate (with a warning).",
+    )
+    inference_threads: int = setting(
+        "TABULAR_INFERENCE_THREADS", 0, "Intra-op threads of the ONNX session (0: the CPU quota)."
+    )
+    inference_spin: bool = setting(
+        "TABULAR_INFERENCE_SPIN",
+        False,
+        "Let idle ONNX threads spin between passes (faster alone; takes CPU from Pub/Sub threads).",
+    )
+    max_seq_length: int = setting(
+        "TABULAR_MAX_SEQ_LENGTH",
+        0,
+        "Tokens a row is truncated to (0: the model's own maximum; bge-m3's is 8192).",
     )
     sentence_transformers_home: str = setting(
         "SENTENCE_TRANSFORMERS_HOME", "", "Where sentence-transformers looks for named models."
@@ -141,9 +164,27 @@ class WorkerSettings(CommonSettings):
     result_cache_size: int = setting(
         "TABULAR_RESULT_CACHE_SIZE", 1024, "Recent results kept to answer duplicates cheaply."
     )
+    # --- capacity and scaling -------------------------------------------------------------
+    utilisation_window_seconds: float = setting(
+        "TABULAR_UTILISATION_WINDOW_SECONDS",
+        60.0,
+        "Window of tabular_model_busy_ratio, the model thread's busy share.",
+    )
+    scaling_max_instances: int = setting(
+        "TABULAR_SCALING_MAX_INSTANCES",
+        0,
+        "The autoscaler's instance maximum, exported as tabular_scaling_max_instances for the "
+        "backlog alert (0: not known).",
+    )
     port: int = setting("PORT", 8080, "HTTP port for /healthz, /readyz, /metrics.")
 
     def validate(self) -> None:
+        if self.inference_backend not in ("auto", "onnx", "torch"):
+            raise SettingsError("TABULAR_INFERENCE_BACKEND must be auto, onnx or torch")
+        if self.inference_precision not in ("auto", "fp32", "int8"):
+            raise SettingsError("TABULAR_INFERENCE_PRECISION must be auto, fp32 or int8")
+        if self.inference_threads < 0 or self.max_seq_length < 0:
+            raise SettingsError("TABULAR_INFERENCE_THREADS and TABULAR_MAX_SEQ_LENGTH must be >= 0")
         if self.model_load_strategy not in ("copy", "mount"):
             raise SettingsError("TABULAR_MODEL_LOAD_STRATEGY must be 'copy' or 'mount'")
         if self.shared_model_volume_enabled and inside(self.local_model_dir, self.model_cache_path):
@@ -152,5 +193,7 @@ class WorkerSettings(CommonSettings):
         self.require_positive(
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
             "model_copy_readers", "max_row_text_chars", "max_job_text_chars", "max_job_scores",
-            "max_result_bytes",
+            "max_result_bytes", "utilisation_window_seconds",
         )  # fmt: skip
+        if self.scaling_max_instances < 0:
+            raise SettingsError("TABULAR_SCALING_MAX_INSTANCES must be 0 (not known) or more")

@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,21 +70,32 @@ def copy_hashing(src: Path, dst: Path, block: int = CHUNK_BYTES) -> tuple[int, s
     return size, digest.hexdigest()
 
 
-def check_sizes(root: Path, model: ModelEntry, timeout: float = READ_TIMEOUT) -> None:
-    """Every file present at the size the manifest says (stat only): a manifest claiming a size
-    the file does not have is a mismatch before anything is read or any space is reserved."""
+def check_sizes(
+    root: Path,
+    model: ModelEntry,
+    timeout: float = READ_TIMEOUT,
+    only: Collection[str] | None = None,
+) -> None:
+    """Every file (those in `only`, when given) present at the size the manifest says (stat
+    only): a manifest claiming a size the file does not have is a mismatch before anything is
+    read or any space is reserved."""
 
     def check(entry: FileEntry, watch: Watch) -> None:
         _check_size(safe_path(root, f"{model.location}/{entry.path}"), entry)
 
-    tasks = [lambda watch, e=e: check(e, watch) for e in model.files]
+    tasks = [lambda watch, e=e: check(e, watch) for e in selected(model, only)]
     run_watched(tasks, 4, timeout, "checking file sizes")
 
 
 def verify_files(
-    root: Path, model: ModelEntry, readers: int = 4, timeout: float = READ_TIMEOUT
+    root: Path,
+    model: ModelEntry,
+    readers: int = 4,
+    only: Collection[str] | None = None,
+    timeout: float = READ_TIMEOUT,
 ) -> None:
-    """Hash a model's files where they lie (the `mount` strategy); raise on the first mismatch."""
+    """Hash a model's files (those in `only`, when given) where they lie (the `mount` strategy);
+    raise on the first mismatch."""
 
     def check(entry: FileEntry, watch: Watch) -> None:
         path = safe_path(root, f"{model.location}/{entry.path}")
@@ -95,7 +106,7 @@ def verify_files(
                 entry.path, f"sha256 {actual[:12]}, expected {entry.sha256[:12]}"
             )
 
-    tasks = [lambda watch, e=e: check(e, watch) for e in model.files]
+    tasks = [lambda watch, e=e: check(e, watch) for e in selected(model, only)]
     run_watched(tasks, readers, timeout, f"verifying {model.name}")
 
 
@@ -106,9 +117,11 @@ def copy_verified(
     *,
     readers: int = 4,
     chunk_bytes: int = CHUNK_BYTES,
+    only: Collection[str] | None = None,
     timeout: float = READ_TIMEOUT,
 ) -> CopyResult:
-    """Copy `model`'s files from the cache under `root` into `dest`, verified, all or nothing.
+    """Copy `model`'s files (those named in `only`, when given) from the cache under `root` into
+    `dest`, verified, all or nothing.
 
     Files are written as `*.partial` and renamed once every checksum matched, so `dest` never
     holds an unverified file. Files under `manifests/` are renamed last: an Ollama server reading
@@ -116,8 +129,10 @@ def copy_verified(
     `timeout` seconds raises `Stalled` (a hung FUSE read).
     """
     started = time.perf_counter()
-    ensure_free_space(dest, model.size)
-    jobs = [_FileCopy(root, model, entry, dest) for entry in model.files]
+    files = selected(model, only)
+    size = sum(f.size for f in files)
+    ensure_free_space(dest, size)
+    jobs = [_FileCopy(root, model, entry, dest) for entry in files]
     try:
         for job in jobs:
             job.open()
@@ -135,7 +150,14 @@ def copy_verified(
         raise
     for job in sorted(jobs, key=lambda j: (j.entry.path.startswith("manifests/"), j.entry.path)):
         job.publish()
-    return CopyResult(len(jobs), model.size, time.perf_counter() - started)
+    return CopyResult(len(jobs), size, time.perf_counter() - started)
+
+
+def selected(model: ModelEntry, only: Collection[str] | None) -> tuple[FileEntry, ...]:
+    """The model's file entries named in `only` (all of them for None)."""
+    if only is None:
+        return model.files
+    return tuple(f for f in model.files if f.path in set(only))
 
 
 def _check_size(path: Path, entry: FileEntry) -> None:

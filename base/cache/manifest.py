@@ -33,6 +33,7 @@ import orjson
 
 from base.cache.reads import READ_TIMEOUT, Stalled, Watch, open_regular, read_small, run_watched
 from base.cache.reads import with_deadline as _with_deadline
+from base.cache.variants import Variants, VariantsError, parse_variants
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -91,6 +92,7 @@ class ModelEntry:
     location: str  # directory relative to the cache root
     files: tuple[FileEntry, ...]
     fingerprint: str = ""  # the source's identity at sync time (skips unchanged sources)
+    variants: Variants | None = None  # ONNX variants exported into the tree, with gate figures
 
     @property
     def size(self) -> int:
@@ -409,6 +411,7 @@ def _manifest_dict(manifest: Manifest) -> dict[str, Any]:
                 "size": m.size,
                 "fingerprint": m.fingerprint,
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in m.files],
+                **({"variants": m.variants.to_dict()} if m.variants is not None else {}),
             }
             for m in manifest.models
         ],
@@ -446,9 +449,19 @@ def _parse_model(raw: Any) -> ModelEntry:
         raise ManifestError(f"model {name!r} lists no files")
     entries = tuple(_parse_file(name, f) for f in files)
     fingerprint = raw.get("fingerprint", "")
+    variants = None
+    if raw.get("variants") is not None:
+        try:
+            variants = parse_variants(raw["variants"])
+        except VariantsError as exc:
+            raise ManifestError(f"model {name!r}: {exc}") from None
+        listed = {f.path for f in entries}
+        missing = sorted({p for v in variants.variants for p in v.files} - listed)
+        if missing:
+            raise ManifestError(f"model {name!r}: variant files not in its file list: {missing}")
     return ModelEntry(
         name, kind, str(text["source"]), str(text["revision"]), location, entries,
-        fingerprint if isinstance(fingerprint, str) else "",
+        fingerprint if isinstance(fingerprint, str) else "", variants,
     )  # fmt: skip
 
 

@@ -5,12 +5,13 @@ locals {
 }
 
 # Every worker start logs one JSON line: {"message": "Model cache checked", "cache_hit": true|false,
-# "reason": "..."}; Cloud Run lifts it into jsonPayload.
+# "reason": "..."}; Cloud Run lifts it into jsonPayload. The filter takes the worker in either
+# runtime (a service's revisions, or the worker pool).
 resource "google_logging_metric" "cache_lookups" {
   count       = local.alerts
   name        = "tabular_model_cache_lookups"
   description = "Worker starts by shared model cache outcome (log line 'Model cache checked')."
-  filter      = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${google_cloud_run_v2_service.worker.name}\" AND jsonPayload.message=\"Model cache checked\""
+  filter      = "((resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${local.worker_name}\") OR (resource.type=\"cloud_run_worker_pool\" AND resource.labels.worker_pool_name=\"${local.worker_name}\")) AND jsonPayload.message=\"Model cache checked\""
 
   metric_descriptor {
     metric_kind = "DELTA"

@@ -17,3 +17,13 @@ output "sync_service_account" {
   description = "Service account of the sync listener and the sync job."
   value       = google_service_account.sync.email
 }
+
+output "worker_runtime" {
+  description = "How the worker runs: worker_pool (scaled by the tabular-autoscaler service) or service."
+  value       = var.worker_runtime
+}
+
+output "autoscaler_service_account" {
+  description = "Service account of the CREMA autoscaler (null when the worker runs as a service)."
+  value       = one(google_service_account.autoscaler[*].email)
+}

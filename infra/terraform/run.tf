@@ -1,6 +1,12 @@
-# One image, three commands: the worker service, the sync listener and the sync job.
+# One image, three commands: the worker (a worker pool, workerpool.tf, or the service below),
+# the sync listener and the sync job.
 
 locals {
+  # worker_runtime picks one of the two forms of the pull worker; both run the same container.
+  worker_name    = "tabular-worker"
+  worker_pool    = var.worker_runtime == "worker_pool" ? 1 : 0
+  worker_service = var.worker_runtime == "service" ? 1 : 0
+
   cache_env = {
     MODEL_CACHE_PATH            = "/models"
     SHARED_MODEL_VOLUME_ENABLED = "true"
@@ -22,6 +28,7 @@ locals {
     TABULAR_LOCAL_MODEL_DIR        = "/tmp/tabular-models"
     TABULAR_MODEL_LOAD_STRATEGY    = "copy"
     TABULAR_SHUTDOWN_GRACE_SECONDS = "8"
+    TABULAR_SCALING_MAX_INSTANCES  = tostring(var.worker_max_instances)
   })
 
   sync_env = merge(local.cache_env, {
@@ -34,13 +41,16 @@ locals {
   })
 }
 
-# --- the pull worker: `tabular-worker serve` ------------------------------------------------------
-# Cloud Run worker pools (no port, CPU-based autoscaling) are the alternative for a pull worker;
-# see docs/deploy.md. A service is used here for its probes and the Prometheus sidecar.
+# --- the pull worker as a service (worker_runtime = "service") -----------------------------------
+# A service scales on requests and CPU, which a pull subscriber does not generate: it keeps
+# worker_min_instances up with CPU always allocated and cannot follow the backlog. The default,
+# a worker pool scaled on the backlog, is in workerpool.tf (docs/deploy.md, docs/scaling.md).
 resource "google_cloud_run_v2_service" "worker" {
-  name     = "tabular-worker"
-  location = var.region
-  ingress  = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  count               = local.worker_service
+  name                = local.worker_name
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  deletion_protection = false # stateless: switching worker_runtime replaces it
 
   template {
     service_account       = google_service_account.worker.email

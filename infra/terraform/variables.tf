@@ -27,16 +27,63 @@ variable "image_tag" {
   default     = "latest"
 }
 
+variable "worker_runtime" {
+  description = "How the pull worker runs: \"worker_pool\" (a Cloud Run worker pool scaled on the jobs backlog by CREMA; the default) or \"service\" (a Cloud Run service with min/max instances, as before). See docs/deploy.md."
+  type        = string
+  default     = "worker_pool"
+
+  validation {
+    condition     = contains(["worker_pool", "service"], var.worker_runtime)
+    error_message = "worker_runtime must be \"worker_pool\" or \"service\"."
+  }
+}
+
 variable "worker_min_instances" {
-  description = "Minimum worker instances: the pull worker must keep at least one alive."
+  description = "Minimum worker instances (service: min_instance_count; worker pool: the autoscaler's minReplicaCount). 0 lets the pool scale to zero, at the price of a cold start (docs/scaling.md)."
   type        = number
   default     = 1
 }
 
 variable "worker_max_instances" {
-  description = "Maximum worker instances."
+  description = "Maximum worker instances (service: max_instance_count; worker pool: the autoscaler's maxReplicaCount). Also exported by the workers for the backlog alert."
   type        = number
   default     = 10
+}
+
+variable "autoscaler_target_backlog_per_instance" {
+  description = "CREMA gcp-pubsub trigger value: undelivered job messages per worker instance (instances = ceil(backlog / this)). docs/scaling.md shows how to choose it."
+  type        = number
+  default     = 50
+}
+
+variable "autoscaler_activation_backlog" {
+  description = "gcp-pubsub activationValue: the backlog at or under which a KEDA deployment stays at zero. CREMA (1.x) ignores it; kept for the same spec on GKE."
+  type        = number
+  default     = 0
+}
+
+variable "autoscaler_polling_seconds" {
+  description = "CREMA pollingInterval: seconds between metric reads and scaling decisions."
+  type        = number
+  default     = 30
+}
+
+variable "autoscaler_scale_down_window_seconds" {
+  description = "Scale-down stabilisation window: instances are removed only when every recommendation of this window allows it."
+  type        = number
+  default     = 300
+}
+
+variable "autoscaler_image" {
+  description = "The CREMA autoscaler image (Google's pre-built release)."
+  type        = string
+  default     = "us-central1-docker.pkg.dev/cloud-run-oss-images/crema-v1/autoscaler:1.2"
+}
+
+variable "autoscaler_base_image" {
+  description = "Runtime base image of the CREMA image (built FROM scratch for automatic base image updates)."
+  type        = string
+  default     = "us-central1-docker.pkg.dev/serverless-runtimes/google-24/runtimes/java25"
 }
 
 variable "worker_cpu" {

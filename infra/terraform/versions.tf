@@ -3,8 +3,10 @@ terraform {
 
   required_providers {
     google = {
-      source  = "hashicorp/google"
-      version = "~> 6.20"
+      source = "hashicorp/google"
+      # google_cloud_run_v2_worker_pool appeared in 6.38; 6.47 fixed setting its manual instance
+      # count to 0 (worker_min_instances = 0).
+      version = "~> 6.47"
     }
   }
 }
