@@ -34,7 +34,8 @@ $(DEMO_MODEL)/onnx/variants.json: $(VENV)/.installed
 	$(BIN)/tabular-sync export --model all-MiniLM-L6-v2 --out $(DEMO_MODEL)
 
 demo: $(VENV)/.installed $(DEMO_MODEL)/onnx/variants.json
-	TABULAR_EMBEDDING_MODEL=$(DEMO_MODEL) $(BIN)/tabular-worker run --input examples/jobs.jsonl
+	TABULAR_EMBEDDING_MODEL=$(DEMO_MODEL) $(BIN)/tabular-worker run --input examples/jobs.jsonl \
+		--format summary
 
 lint: venv
 	$(BIN)/ruff check .

@@ -48,6 +48,12 @@ class CommonSettings:
         "PUBSUB_EMULATOR_HOST", "", "host:port of a Pub/Sub emulator (tests, local runs)."
     )
     log_level: str = setting("TABULAR_LOG_LEVEL", "INFO", "Log level.")
+    cache_read_timeout_seconds: float = setting(
+        "TABULAR_CACHE_READ_TIMEOUT_SECONDS",
+        30.0,
+        "A cache read that makes no progress for this long ends as `read_timeout` (a hung FUSE "
+        "read); files of the cache are also size-bounded and must be regular files.",
+    )
 
     @classmethod
     def from_env(cls: type[_S], env: Mapping[str, str] | None = None, **overrides: Any) -> _S:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args.model, Path(args.out))
     root = Path(args.cache or settings.model_cache_path)
     if args.command == "verify":
-        return _verify(root)
+        return _verify(root, settings.cache_read_timeout_seconds)
     from base.cache.specs import SpecError, parse_specs
 
     try:
@@ -132,13 +132,13 @@ def _export(model: str, out: Path) -> int:
     return 0
 
 
-def _verify(root: Path) -> int:
+def _verify(root: Path, timeout: float) -> int:
     from base.cache.manifest import read_cache, verify
 
-    problems = verify(root)
+    problems = verify(root, timeout=timeout)
     for problem in problems:
-        print(problem)
-    state = read_cache(root, retry_delay=0)
+        print(problem, flush=True)
+    state = read_cache(root, retry_delay=0, timeout=timeout)
     log.info("Cache verified", extra={"cache": str(root), "problems": len(problems),
              "generation": state.generation, "reason": state.reason})  # fmt: skip
     return 1 if problems else 0

@@ -23,6 +23,9 @@ import orjson
 
 from base import logs
 from base.cache.manifest import LOCK_NAME
+from base.cache.reads import read_small
+
+MAX_LOCK_BYTES = 64 << 10
 
 log = logs.get(__name__)
 
@@ -99,7 +102,7 @@ class Lease:
 
     def _read(self) -> dict[str, object] | None:
         try:
-            value = orjson.loads(self.path.read_bytes())
+            value = orjson.loads(read_small(self.path, MAX_LOCK_BYTES))
         except (OSError, orjson.JSONDecodeError):
             return None
         return value if isinstance(value, dict) else None

@@ -64,6 +64,15 @@ class SyncMetrics:
         self.files = Counter(
             "tabular_sync_files", "Files written into the cache by sync runs.", registry=r
         )
+        self.gc_trees = Counter(
+            "tabular_sync_gc_trees",
+            "Old model trees deleted by garbage collection after sync runs.",
+            registry=r,
+        )
+        self.gc_bytes = Counter(
+            "tabular_sync_gc_bytes", "Bytes freed by garbage collection after sync runs.",
+            registry=r,
+        )  # fmt: skip
         self.duration_seconds = Gauge(
             "tabular_sync_duration_seconds",
             "Seconds the last sync run took (success or failure).",
@@ -93,6 +102,8 @@ class SyncMetrics:
         self.runs.labels("success" if result.ok else "failure").inc()
         self.bytes.inc(result.bytes)
         self.files.inc(result.files)
+        self.gc_trees.inc(result.gc_trees)
+        self.gc_bytes.inc(result.gc_bytes)
         self.duration_seconds.set(result.duration_seconds)
 
     def set_status(self, status: CacheStatus | None) -> None:

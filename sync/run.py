@@ -3,9 +3,11 @@
 Order of writes (each a whole-file rename from .tmp/, so no reader sees a partial file):
 1. model files into their content-addressed tree directories (new trees only);
 2. manifest.json;
-3. .done naming the manifest's generation and sha256 — the commit point.
+3. .done naming the manifest's generation and sha256 — the commit point
+   (manifest.previous.json, the replaced generation, is written before 2).
 A run killed anywhere before 3 leaves the previous generation committed and intact: its trees
-are never rewritten. A run that finds every source unchanged commits nothing.
+are never rewritten. A run that finds every source unchanged commits nothing. After the run, trees
+no recent generation needs are garbage collected (sync.gc).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from base import logs
 from base.cache.manifest import (
     DONE_NAME,
     MANIFEST_NAME,
+    MAX_DONE_BYTES,
+    MAX_MANIFEST_BYTES,
+    PREVIOUS_NAME,
     STATUS_NAME,
     TMP_DIR,
     Done,
@@ -40,8 +45,10 @@ from base.cache.manifest import (
     sha256_bytes,
     tree_digest,
 )
+from base.cache.reads import read_small
 from base.cache.specs import ModelSpec
 from base.cache.status import manifest_size, now_iso, read_status, status_body
+from sync.gc import collect
 from sync.lock import Lease
 from sync.settings import SyncSettings
 from sync.sources import FetchContext, Fetched, StagedFile, parse_source, store_dir
@@ -72,6 +79,8 @@ class SyncResult:
     models: list[ModelResult] = field(default_factory=list)
     duration_seconds: float = 0.0
     error: str = ""
+    gc_trees: int = 0  # old trees garbage collection deleted
+    gc_bytes: int = 0  # bytes they held
 
     @property
     def files(self) -> int:
@@ -156,13 +165,26 @@ def _sync_locked(
         result.outcome, result.error = "failed", f"models failed: {', '.join(failed)}"
     if (base is not None and models == base.models) or not models:
         result.outcome = "failed" if failed else "unchanged"
-        return result
-    if not lease.held():
-        raise RuntimeError("the sync lock was lost before commit; nothing committed")
-    generation = _latest_generation(root) + 1
-    commit(root, Manifest(generation, now_iso(), models), staging / "_commit")
-    result.generation = generation
+    else:
+        if not lease.held():
+            raise RuntimeError("the sync lock was lost before commit; nothing committed")
+        generation = _latest_generation(root) + 1
+        commit(root, Manifest(generation, now_iso(), models), staging / "_commit")
+        result.generation = generation
+    _collect(root, settings, lease, result)
     return result
+
+
+def _collect(root: Path, settings: SyncSettings, lease: Lease, result: SyncResult) -> None:
+    """Garbage collection after the run, under the lease; its failure never fails the sync."""
+    if settings.sync_gc_grace_hours < 0 or not lease.held():
+        return
+    try:
+        collected = collect(root, settings.sync_gc_grace_hours * 3600)
+    except Exception:
+        log.exception("Garbage collection failed")
+        return
+    result.gc_trees, result.gc_bytes = collected.trees, collected.bytes
 
 
 def _sync_model(
@@ -236,10 +258,17 @@ def _intact(root: Path, entry: ModelEntry | None) -> ModelEntry | None:
 
 
 def commit(root: Path, manifest: Manifest, scratch: Path) -> None:
-    """Publish `manifest`: manifest.json, then .done naming it; then check nobody interleaved."""
+    """Publish `manifest`: manifest.json, then .done naming it; then check nobody interleaved.
+
+    The generation being replaced is kept first as manifest.previous.json: garbage collection
+    never deletes what it names, as workers may still be reading it.
+    """
     data = manifest.to_bytes()
     done = Done(manifest.generation, sha256_bytes(data))
     scratch.mkdir(parents=True, exist_ok=True)
+    replaced = read_cache(root, retry_delay=0)
+    if replaced.manifest is not None and replaced.generation < manifest.generation:
+        _put(root, PREVIOUS_NAME, replaced.manifest.to_bytes(), scratch)
     for attempt in range(2):
         _put(root, MANIFEST_NAME, data, scratch)
         _put(root, DONE_NAME, done.to_bytes(), scratch)
@@ -283,7 +312,8 @@ def _latest_generation(root: Path) -> int:
     found = [0]
     for name, key in ((DONE_NAME, "generation"), (MANIFEST_NAME, "generation")):
         try:
-            value = orjson.loads((root / name).read_bytes()).get(key)
+            limit = MAX_DONE_BYTES if name == DONE_NAME else MAX_MANIFEST_BYTES
+            value = orjson.loads(read_small(root / name, limit)).get(key)
         except (OSError, orjson.JSONDecodeError, AttributeError):
             continue
         if isinstance(value, int) and not isinstance(value, bool):

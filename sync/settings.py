@@ -40,6 +40,12 @@ class SyncSettings(CommonSettings):
     sync_tmp_max_age_hours: float = setting(
         "TABULAR_SYNC_TMP_MAX_AGE_HOURS", 168.0, "Staging entries under .tmp/ older than this go."
     )
+    sync_gc_grace_hours: float = setting(
+        "TABULAR_SYNC_GC_GRACE_HOURS",
+        24.0,
+        "After a sync, trees neither the committed nor the previous generation names are deleted "
+        "once the previous one was committed (and they were written) this long ago (<0: never).",
+    )
     sync_ollama_host: str = setting(
         "TABULAR_SYNC_OLLAMA_HOST",
         "",

@@ -27,12 +27,13 @@ PACKAGED = packaged_model_dir()
 TEXTS: list[list[Cell]] = [["Trail shoes", "great grip"], ["Office chair", "comfy"], ["Pan", None]]
 
 
-def sync_cli(*args: str, env: dict[str, str] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-    """`tabular-sync ARGS` as a subprocess (the console script is `python -m sync`)."""
+def sync_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+             prefix: list[str] | None = None) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+    """`tabular-sync ARGS` as a subprocess (the console script is `python -m sync`); `prefix`
+    runs it through a wrapper (such as `setpriv`)."""
     full = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sync", *args], capture_output=True, env=full,
-                          cwd=ROOT, timeout=timeout)  # fmt: skip
+    return subprocess.run([*(prefix or []), sys.executable, "-m", "sync", *args],
+                          capture_output=True, env=full, cwd=ROOT, timeout=timeout)  # fmt: skip
 
 
 def build(cache: Path, export: bool = False, **models: Path | str) -> SyncResult:

@@ -4,7 +4,8 @@ Endpoints: GET /api/version, GET /api/tags (also lists manifests found under `mo
 GET /api/ps, POST /api/pull (streamed NDJSON progress; writes real blob and manifest files
 under `models_dir` when given), POST /api/chat.
 Behaviour is steered per test: `not_ready_until` (connection-level 503s before then),
-`chat_reply` (a function of the request body), `chat_delay`, `fail_pull`.
+`chat_reply` (a function of the request body), `chat_raw` (a whole response body, sent with
+200 instead of an Ollama answer), `chat_delay`, `fail_pull`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class OllamaDouble(LoopbackDouble):
         self.not_ready_until = 0.0
         self.chat_reply: ChatReply = first_label
         self.chat_delay = 0.0
+        self.chat_raw: bytes | None = None
+        self.chat_started = 0  # /api/chat requests that got past the model check
         self.fail_pull = False
         self.pull_delay = 0.0
         super().__init__()
@@ -89,8 +92,16 @@ class OllamaDouble(LoopbackDouble):
                 if model not in double.listed():
                     self._json({"error": f"model '{model}' not found"}, 404)
                     return
+                double.chat_started += 1
                 if double.chat_delay:
                     time.sleep(double.chat_delay)
+                if double.chat_raw is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(double.chat_raw)))
+                    self.end_headers()
+                    self.wfile.write(double.chat_raw)
+                    return
                 content = double.chat_reply(body)
                 self._json(
                     {

@@ -73,3 +73,49 @@ def test_missing_input_file() -> None:
     proc = run_cli("run", "--input", "/nonexistent/jobs.jsonl")
     assert proc.returncode == 2
     assert_json_stderr(proc.stderr)
+
+
+def test_summary_format_is_a_readable_table_not_numbers() -> None:
+    """`make demo` runs this: labels and scores per row, vector shapes and a norm check."""
+    proc = run_cli("run", "--input", "examples/jobs.jsonl", "--format", "summary")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout.decode()
+    assert "[0." not in text and "data" not in text, "no vectors on the terminal"
+    lines = text.splitlines()
+    assert "embed-customers: ok, embed, 4 rows x 384 dims, norms 1.000..1.000 (unit length)" in text
+    assert any(line.startswith("classify-tickets-zero-shot: ok, classify (zero_shot), 4 rows")
+               for line in lines)  # fmt: skip
+    assert [line.split()[2] for line in lines if line.startswith("  row ")][:4] == [
+        "billing", "technical", "shipping", "billing"]  # fmt: skip
+    assert "not-a-valid-job: error unknown_type: type must be one of" in text
+    assert len(lines) < 30
+
+
+def test_format_follows_the_terminal(tmp_path: Path) -> None:
+    """auto: a summary when stdout is a terminal, JSON lines into a pipe; progress (jobs, rows,
+    rows/s) on a terminal's stderr."""
+    import pty
+
+    job = b'{"job_id":"a","type":"embed","table":{"columns":["x"],"rows":[["hi"],["ho"]]}}\n'
+    master, slave = pty.openpty()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHARED_MODEL_VOLUME_ENABLED": "false",
+           "TABULAR_LLM_ENABLED": "false"}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "worker", "run", "--input", "-"], input=job,
+                          stdout=slave, stderr=slave, env=env, cwd=ROOT, timeout=300)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.returncode == 0, seen[-2000:]
+    assert b"a: ok, embed, 2 rows x 384 dims" in seen
+    assert b'"embeddings"' not in seen
+    assert b"1 jobs, 2 rows done (" in seen and b"rows/s)" in seen
+    piped = run_cli("run", "--input", "-", stdin=job)
+    assert orjson.loads(piped.stdout)["job_id"] == "a"

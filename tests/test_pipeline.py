@@ -8,6 +8,7 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from engine.heads import choose_regularization
 from engine.pooling import normalize
 from tests.conftest import PipelineFactory
 from worker.model import EmbeddingModel
@@ -83,9 +84,13 @@ async def test_few_shot_matches_logistic_regression_on_raw_embeddings(
                                                              strict=True)])  # fmt: skip
     texts = [row_text(columns, r) for r in rows]
     vectors = normalize(embedding_model.encode(texts)[0])
-    direct = LogisticRegression(max_iter=1000).fit(vectors[train], [labels[i] for i in train])
+    train_labels = np.array([labels[i] for i in train])
+    chosen = choose_regularization(vectors[train], train_labels)
+    direct = LogisticRegression(max_iter=2000, C=chosen).fit(vectors[train], train_labels)
     theirs = np.mean(direct.predict(vectors[test]) == np.array([labels[i] for i in test]))
     assert abs(ours - theirs) <= 0.01, (ours, theirs)
+    default = LogisticRegression(max_iter=1000).fit(vectors[train], train_labels)  # C=1, before
+    assert ours >= np.mean(default.predict(vectors[test]) == np.array([labels[i] for i in test]))
     assert ours > 1 / 3 + 0.2  # and the embeddings carry the signal at all
     for p in result["predictions"]:
         assert sum(p["scores"].values()) == pytest.approx(1.0, abs=1e-4)

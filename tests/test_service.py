@@ -238,6 +238,24 @@ def test_duplicate_deliveries_agree(pubsub: PubSubEnv, start_worker: StartWorker
     assert "tabular_duplicate_jobs_total 1.0" in worker.get("/metrics")[1].decode()
 
 
+def test_attribute_naming_another_job_gets_a_result_of_its_own(
+    pubsub: PubSubEnv, start_worker: StartWorker
+) -> None:
+    """The body's job_id wins: an attribute naming an earlier, answered job is not a duplicate."""
+    worker = start_worker(pubsub)
+    first = orjson.dumps(embed_job("first", ["a first row"]))
+    pubsub.publish_job(first, job_id="first")
+    assert [r["job_id"] for r in map(json.loads, (m.message.data for m in
+            pubsub.pull_results(1, timeout=120)))] == ["first"]  # fmt: skip
+    second = orjson.dumps(embed_job("second", ["another row", "and one more"]))
+    pubsub.publish_job(second, job_id="first")
+    [message] = pubsub.pull_results(1, timeout=60)
+    result = orjson.loads(message.message.data)
+    assert (result["job_id"], result["status"], result["rows"]) == ("second", "ok", 2)
+    assert message.message.attributes["job_id"] == "second"
+    assert "tabular_duplicate_jobs_total 0.0" in worker.get("/metrics")[1].decode()
+
+
 def test_missing_subscription_exits_nonzero(pubsub: PubSubEnv, tmp_path: Path) -> None:
     env = {**pubsub.env(), "TABULAR_JOBS_SUBSCRIPTION": "no-such-subscription"}
     worker = WorkerProcess(env, tmp_path / "w.log").start(wait_ready=0)

@@ -68,6 +68,8 @@ def test_once_pushes_run_metrics_to_the_pushgateway(
         "tabular_sync_runs_total{outcome=failure}": 0.0,
         "tabular_sync_consecutive_failures": 0.0,
         "tabular_sync_bytes_total": float(SIZE),
+        "tabular_sync_gc_trees_total": 0.0,
+        "tabular_sync_gc_bytes_total": 0.0,
         "tabular_sync_files_total": float(len(FILES)),
         "tabular_cache_size_bytes": float(SIZE),
         "tabular_cache_quota_bytes": float(QUOTA),

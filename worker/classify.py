@@ -45,9 +45,28 @@ class LlmClassifier:
         self._availability = availability
 
     async def classify(self, texts: list[str], labels: list[Label]) -> list[Prediction]:
+        """One prediction per row; the first row that fails fails the job at once.
+
+        The job's other requests are cancelled then, queued or in flight (the HTTP request is
+        closed, so Ollama stops generating): a timed-out job must not keep the concurrency
+        slots busy for the jobs after it.
+        """
         if self._availability is not None:
             await self._availability()
-        return list(await asyncio.gather(*(self._one(i, t, labels) for i, t in enumerate(texts))))
+        tasks = [asyncio.ensure_future(self._one(i, t, labels)) for i, t in enumerate(texts)]
+        if not tasks:
+            return []
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                error = task.exception() if task in done else None
+                if error is not None:
+                    raise error
+            return [t.result() for t in tasks]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, index: int, text: str, labels: list[Label]) -> Prediction:
         names = [label.name for label in labels]
@@ -112,4 +131,9 @@ class LlmClassifier:
             if exc.status_code == 404:
                 code = "llm_model_missing"
             raise JobError(code, f"Ollama answered {exc.status_code}: {exc.error}") from None
+        except ValueError as exc:  # a 200 whose body is not an Ollama response (JSON, schema)
+            raise JobError(
+                "llm_unavailable",
+                f"the server at OLLAMA_HOST did not answer like Ollama: {type(exc).__name__}",
+            ) from None
         return str(response.message.content or "")

@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="write results here instead of stdout")
     run.add_argument("--concurrency", type=int, default=0, help="jobs in flight (default: "
                      "TABULAR_MAX_IN_FLIGHT_JOBS)")  # fmt: skip
+    run.add_argument(
+        "--format",
+        choices=["auto", "jsonl", "summary"],
+        default="auto",
+        help="jsonl: one JSON result per line (the machine format); summary: a readable view; "
+        "auto (default): summary when writing to a terminal, else jsonl",
+    )
     sub.add_parser("serve", help="pull jobs from Pub/Sub, publish results (see README)")
     submit = sub.add_parser("submit", help="publish a table as jobs; --wait gathers results")
     submit.add_argument("--input", required=True, help="CSV/JSONL table, or a jobs file")
@@ -100,8 +107,11 @@ def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
         output = open(args.output, "wb")
     else:
         output = sys.stdout.buffer
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "summary" if not args.output and sys.stdout.isatty() else "jsonl"
     try:
-        asyncio.run(local.run(settings, args.input, output, concurrency))
+        asyncio.run(local.run(settings, args.input, output, concurrency, fmt))
     except FileNotFoundError as exc:
         log.error("Input not found", extra={"path": exc.filename})
         return 2

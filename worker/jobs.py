@@ -7,15 +7,13 @@ result, so no job is ever answered with silence.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-
 from worker.errors import JobError
+from worker.jsonvalue import describe, kind, parse
 from worker.rowtext import Cell, row_text, template_fields
 
 JobType = Literal["embed", "classify"]
@@ -26,16 +24,22 @@ METHODS: tuple[str, ...] = ("auto", "zero_shot", "few_shot", "llm")
 EMBEDDING_FORMATS: tuple[str, ...] = ("base64", "list", "none")
 _TOP_LEVEL = {
     "version", "job_id", "type", "table", "source", "text", "labels", "examples", "method",
-    "output",
+    "min_score", "output",
 }  # fmt: skip
 MAX_JOB_ID_CHARS = 256
 
 
 @dataclass(frozen=True)
 class Limits:
+    """What one job may cost (docs/jobs.md, "Limits"); the worker's settings fill it."""
+
     max_rows: int = 10_000
     max_cell_chars: int = 20_000
     max_job_bytes: int = 10_000_000
+    max_row_text_chars: int = 100_000
+    max_job_text_chars: int = 20_000_000
+    max_scores: int = 1_000_000
+    max_result_bytes: int = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Job:
     labels: list[Label] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     method: Method = "auto"
+    min_score: float | None = None  # abstain (label null) below this score
     embeddings_format: str = "base64"
     normalize: bool | None = None
 
@@ -90,9 +95,9 @@ def decode(data: bytes, limits: Limits) -> Job:
         raise JobError(
             "job_too_large", f"job is {len(data)} bytes; the limit is {limits.max_job_bytes}"
         )
-    obj = _parse_json(data)
+    obj = parse(data)
     if not isinstance(obj, dict):
-        raise JobError("not_an_object", f"a job must be a JSON object, not {_kind(obj)}")
+        raise JobError("not_an_object", f"a job must be a JSON object, not {kind(obj)}")
     job_id = obj.get("job_id")
     known_id = job_id if isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_CHARS else None
     try:
@@ -103,46 +108,15 @@ def decode(data: bytes, limits: Limits) -> Job:
         raise
 
 
-def _parse_json(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        if _has_non_finite(data):
-            raise JobError(
-                "non_finite_number", "NaN and Infinity are not allowed in a job"
-            ) from None
-        raise JobError("invalid_json", f"not valid JSON: {exc}") from None
-
-
-def _has_non_finite(data: bytes) -> bool:
-    """orjson rejects NaN/Infinity outright; tell the user that is what was wrong."""
-    found = False
-
-    def constant(_: str) -> float:
-        nonlocal found
-        found = True
-        return 0.0
-
-    def number(text: str) -> float:
-        nonlocal found
-        value = float(text)
-        found = found or math.isinf(value)
-        return value
-
-    try:
-        json.loads(data, parse_constant=constant, parse_float=number)
-    except (ValueError, RecursionError):
-        return False
-    return found
-
-
 def _build(obj: dict[str, Any], limits: Limits) -> Job:
     unknown = sorted(set(obj) - _TOP_LEVEL)
     if unknown:
         raise JobError("unknown_field", f"unknown field(s): {', '.join(unknown)}")
     version = obj.get("version", 1)
     if version != 1:
-        raise JobError("unsupported_version", f"job version {version!r} is not supported (1)")
+        raise JobError(
+            "unsupported_version", f"job version {describe(version)} is not supported (1)"
+        )
     job_id = obj.get("job_id")
     if not isinstance(job_id, str) or not job_id.strip():
         raise JobError("invalid_field", "job_id must be a non-empty string")
@@ -150,7 +124,9 @@ def _build(obj: dict[str, Any], limits: Limits) -> Job:
         raise JobError("invalid_field", f"job_id is longer than {MAX_JOB_ID_CHARS} characters")
     job_type = obj.get("type")
     if job_type not in JOB_TYPES:
-        raise JobError("unknown_type", f"type must be one of {list(JOB_TYPES)}, not {job_type!r}")
+        raise JobError(
+            "unknown_type", f"type must be one of {list(JOB_TYPES)}, not {describe(job_type)}"
+        )
     job = Job(job_id=job_id, type=job_type)
     _table_or_source(job, obj, limits)
     _text(job, obj.get("text"))
@@ -158,7 +134,7 @@ def _build(obj: dict[str, Any], limits: Limits) -> Job:
     if job_type == "classify":
         _classification(job, obj, limits)
     else:
-        for key in ("labels", "examples", "method"):
+        for key in ("labels", "examples", "method", "min_score"):
             if key in obj:
                 raise JobError("invalid_field", f"{key} applies to classify jobs only")
     if job.source_path is None:
@@ -191,7 +167,9 @@ def _table_or_source(job: Job, obj: dict[str, Any], limits: Limits) -> None:
     if fmt is None:
         fmt = Path(path).suffix.lower().lstrip(".")
     if fmt not in ("csv", "jsonl"):
-        raise JobError("unsupported_format", f"source format must be csv or jsonl, not {fmt!r}")
+        raise JobError(
+            "unsupported_format", f"source format must be csv or jsonl, not {describe(fmt)}"
+        )
     job.source_path, job.source_format = path, fmt
 
 
@@ -293,13 +271,20 @@ def _classification(job: Job, obj: dict[str, Any], limits: Limits) -> None:
     if method not in METHODS:
         raise JobError("invalid_field", f"method must be one of {list(METHODS)}")
     job.method = method
+    min_score = obj.get("min_score")
+    if min_score is not None:
+        if not isinstance(min_score, int | float) or isinstance(min_score, bool):
+            raise JobError("invalid_field", "min_score must be a number between 0 and 1")
+        if not 0.0 <= min_score <= 1.0:
+            raise JobError("invalid_field", "min_score must be a number between 0 and 1")
+        job.min_score = float(min_score)
     job.labels = _labels(obj.get("labels"))
     job.examples = _examples(obj.get("examples"), limits)
     names = {label.name for label in job.labels}
     if job.examples and names:
         stray = sorted({ex.label for ex in job.examples} - names)
         if stray:
-            raise JobError("unknown_label", f"example label(s) not in labels: {stray}")
+            raise JobError("unknown_label", f"example label(s) not in labels: {describe(stray)}")
     if not job.labels and not job.examples:
         raise JobError("invalid_field", "classify needs labels (or labelled examples)")
     if method == "auto":
@@ -355,9 +340,3 @@ def _examples(examples: Any, limits: Limits) -> list[Example]:
             raise JobError("invalid_field", f"example {i}: label must be a non-empty string")
         out.append(Example(parse_row(ex["row"], i), ex["label"]))
     return out
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )

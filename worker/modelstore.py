@@ -30,11 +30,21 @@ from base import logs
 from base.cache.copy import (
     ChecksumMismatch,
     InsufficientSpace,
+    check_sizes,
     copy_verified,
     ensure_free_space,
     verify_files,
 )
-from base.cache.manifest import HIT, ModelEntry, find_model, read_cache, read_done, safe_path
+from base.cache.manifest import (
+    HIT,
+    ModelEntry,
+    UnsafePath,
+    find_model,
+    read_cache,
+    read_done,
+    safe_path,
+)
+from base.cache.reads import Stalled, with_deadline
 from base.cache.specs import HF_IGNORE, SpecError, configured_source
 from base.cache.status import cache_status
 from base.cache.variants import Variant, read_variants, serving_files
@@ -50,7 +60,15 @@ log = logs.get(__name__)
 
 
 class ModelStoreError(RuntimeError):
-    """No model can be served: the fallback failed too, or the local disk is too small."""
+    """No model can be served from local storage (after a cache miss, or with the cache off).
+
+    `reason` is logged as the fallback's own verdict: `insufficient_space` (a download does not
+    fit) or `local_unavailable` (the model cannot be found or loaded locally).
+    """
+
+    def __init__(self, message: str, reason: str = "local_unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -67,22 +85,40 @@ _last_lookup: CacheLookup | None = None  # this process's start, for cache_snaps
 async def load_embedding_model(
     settings: WorkerSettings, metrics: WorkerMetrics | None = None
 ) -> EmbeddingModel:
-    """Load in a worker thread so the event loop (health checks) keeps answering meanwhile."""
+    """Load in a worker thread so the event loop (health checks) keeps answering meanwhile.
+
+    The cache check always ends with one `Model cache checked` line and one count, before any
+    fallback is tried; a fallback that fails then logs `Model fallback failed` with its own
+    reason and raises `ModelStoreError`.
+    """
+    model = await asyncio.to_thread(_load, settings, metrics)
+    _log_loaded(model)
+    if metrics is not None:
+        _export(metrics, model)
+    return model
+
+
+def report_lookup(
+    settings: WorkerSettings,
+    lookup: CacheLookup,
+    metrics: WorkerMetrics | None,
+    model: EmbeddingModel | None = None,
+) -> None:
+    """The verdict of one cache check: logged and counted (the hit-rate alert's input). On a
+    hit, `model` (from the cache) adds its backend and precision; on a miss they are empty, as
+    the fallback has not loaded anything yet."""
     global _last_lookup
-    model, lookup = await asyncio.to_thread(_load, settings)
     _last_lookup = lookup
     log.info(
         "Model cache checked",
         extra={"cache_hit": lookup.cache_hit, "reason": lookup.reason,
                "generation": lookup.generation, "detail": lookup.detail,
                "model": settings.embedding_model, "strategy": settings.model_load_strategy,
-               "backend": model.info.backend, "precision": model.info.precision},
+               "backend": model.info.backend if model else "",
+               "precision": model.info.precision if model else ""},
     )  # fmt: skip
-    _log_loaded(model)
     if metrics is not None:
         metrics.cache_lookups.labels("hit" if lookup.cache_hit else "miss", lookup.reason).inc()
-        _export(metrics, model)
-    return model
 
 
 def cache_snapshot(settings: WorkerSettings, model: EmbeddingModel) -> dict[str, Any]:
@@ -107,11 +143,9 @@ def export_sync_status(settings: WorkerSettings, metrics: WorkerMetrics) -> None
     Cheap (one small file read, plus the manifest only for a status file older than the
     `cache_size_bytes` field); the worker calls it whenever /metrics is scraped.
     """
-    root = Path(settings.model_cache_path)
-    if not settings.shared_model_volume_enabled or not root.is_dir():
+    if not settings.shared_model_volume_enabled:
         return
-
-    status = cache_status(root)
+    status = cache_status(Path(settings.model_cache_path), settings.cache_read_timeout_seconds)
     if status is not None:
         metrics.set_sync_status(
             status.last_success_unix, status.consecutive_failures, status.size_bytes
@@ -122,17 +156,25 @@ def current_generation(settings: WorkerSettings) -> int | None:
     """The committed cache generation (one small read of `.done`), None without a valid marker."""
     if not settings.shared_model_volume_enabled:
         return None
-    done = read_done(Path(settings.model_cache_path))
+    done = read_done(Path(settings.model_cache_path), settings.cache_read_timeout_seconds)
     return done.generation if done is not None else None
 
 
-def _load(settings: WorkerSettings) -> tuple[EmbeddingModel, CacheLookup]:
+def _load(settings: WorkerSettings, metrics: WorkerMetrics | None) -> EmbeddingModel:
     lookup, model = try_cache(settings)
-    if model is None:
+    report_lookup(settings, lookup, metrics, model)
+    if model is not None:
+        return model
+    if lookup.reason != "disabled":
         log.warning("Model cache miss: loading from local storage",
                     extra={"reason": lookup.reason, "detail": lookup.detail})  # fmt: skip
-        model = load_local(settings)
-    return model, lookup
+    try:
+        return load_local(settings)
+    except ModelStoreError as exc:
+        log.error("Model fallback failed",
+                  extra={"reason": exc.reason, "detail": str(exc), "cache_reason": lookup.reason,
+                         "model": settings.embedding_model})  # fmt: skip
+        raise
 
 
 def _preimport(variant: Variant | None) -> None:
@@ -153,12 +195,17 @@ def try_cache(settings: WorkerSettings) -> tuple[CacheLookup, EmbeddingModel | N
     """Blocking: the warmed model from the cache, or why not (the reason goes to logs/metrics)."""
     if not settings.shared_model_volume_enabled:
         return CacheLookup(False, "disabled"), None
-    root = Path(settings.model_cache_path)
-    if not root.is_dir():
+    root, timeout = Path(settings.model_cache_path), settings.cache_read_timeout_seconds
+    try:
+        is_dir, mounted = with_deadline(
+            lambda: (root.is_dir(), os.path.ismount(root)), timeout, f"looking at {root}"
+        )
+    except Stalled as exc:
+        return CacheLookup(False, "read_timeout", detail=str(exc)), None
+    if not is_dir:
         return CacheLookup(False, "no_mount", detail=f"{root} is not a directory"), None
-    log.info("Shared volume available", extra={"path": str(root),
-                                               "mountpoint": os.path.ismount(root)})  # fmt: skip
-    state = read_cache(root)
+    log.info("Shared volume available", extra={"path": str(root), "mountpoint": mounted})
+    state = read_cache(root, timeout=timeout)
     if not state.valid or state.manifest is None:
         return CacheLookup(False, state.reason, detail=state.detail), None
     generation = state.generation
@@ -172,8 +219,13 @@ def try_cache(settings: WorkerSettings) -> tuple[CacheLookup, EmbeddingModel | N
         model = load_cached(settings, root, entry, generation, variant)
     except ChecksumMismatch as exc:
         return CacheLookup(False, "checksum_mismatch", generation, str(exc)), None
+    except Stalled as exc:
+        return CacheLookup(False, "read_timeout", generation, str(exc)), None
     except InsufficientSpace as exc:
-        raise ModelStoreError(str(exc)) from None
+        return CacheLookup(False, "insufficient_space", generation, str(exc)), None
+    except (OSError, UnsafePath) as exc:  # not a regular file, permissions, a symlink loop
+        detail = f"{type(exc).__name__}: {exc}"
+        return CacheLookup(False, "file_unreadable", generation, detail), None
     except Exception as exc:  # whatever the loader raises, the files did not make a model
         return CacheLookup(False, "load_failed", generation, f"{type(exc).__name__}: {exc}"), None
     return CacheLookup(True, HIT, generation), model
@@ -187,19 +239,24 @@ def load_cached(
     variant: Variant | None,
 ) -> EmbeddingModel:
     """Blocking: a verified copy (`copy`) or an in-place check (`mount`) of the files `variant`
-    needs (None: the torch model), then load and warm."""
+    needs (None: the torch model), then load and warm.
+
+    The files' sizes are checked against the manifest first: a manifest claiming more than the
+    files hold is a checksum mismatch, not a reason to give up for lack of space.
+    """
     listed = entry.variants.variants if entry.variants else ()
     only = serving_files([f.path for f in entry.files], variant, listed)
-    readers = settings.model_copy_readers
+    timeout, readers = settings.cache_read_timeout_seconds, settings.model_copy_readers
     info = ModelInfo(settings.embedding_model, "", "cache", generation, entry.revision)
+    check_sizes(root, entry, timeout, only=only)
     if settings.model_load_strategy == "mount":
-        verify_files(root, entry, readers=readers, only=only)
+        verify_files(root, entry, readers=readers, only=only, timeout=timeout)
         return _load_warm(settings, safe_path(root, entry.location), info, variant)
     parent = Path(settings.local_model_dir) / "cache" / entry.kind
     ensure_free_space(parent, sum(f.size for f in entry.files if f.path in set(only)))
     dest = Path(tempfile.mkdtemp(prefix=f"{_slug(entry.name)}-g{generation}-", dir=parent))
     try:
-        copy_verified(root, entry, dest, readers=readers, only=only)
+        copy_verified(root, entry, dest, readers=readers, only=only, timeout=timeout)
         return _load_warm(settings, dest, info, variant)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -229,6 +286,8 @@ def load_local(settings: WorkerSettings) -> EmbeddingModel:
         model = _load_warm(settings, path, info, variant)
     except (ModelStoreError, BackendUnavailable):
         raise
+    except InsufficientSpace as exc:
+        raise ModelStoreError(str(exc), "insufficient_space") from exc
     except Exception as exc:
         raise ModelStoreError(
             f"model {settings.embedding_model!r} cannot be loaded from local storage: "
@@ -352,7 +411,7 @@ class CacheReloader:
 
     def _load_generation(self, current: EmbeddingModel) -> EmbeddingModel:
         root = Path(self.settings.model_cache_path)
-        state = read_cache(root)
+        state = read_cache(root, timeout=self.settings.cache_read_timeout_seconds)
         if not state.valid or state.manifest is None:
             raise ModelStoreError(f"cache not usable: {state.reason}: {state.detail}")
         entry = find_model(state.manifest, self.settings.embedding_model, kind="sbert")

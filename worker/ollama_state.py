@@ -148,7 +148,9 @@ class OllamaState:
         if inside(dest, str(root)):
             log.warning("OLLAMA_MODELS lies inside the cache: not copying", extra={"dest": dest})
             return False
-        state = await asyncio.to_thread(read_cache, root)
+        state = await asyncio.to_thread(
+            read_cache, root, timeout=self.settings.cache_read_timeout_seconds
+        )
         entry = find_model(state.manifest, self.model, "ollama") if state.manifest else None
         if not state.valid or entry is None:
             log.info("LLM not in the cache", extra={"model": self.model, "reason": state.reason})

@@ -17,6 +17,7 @@ from engine.heads import Prediction, few_shot, zero_shot
 from engine.pooling import normalize
 from worker.batcher import Batcher, ModelError, Vectors
 from worker.classify import LlmClassifier
+from worker.cost import check_cost, job_cost
 from worker.errors import JobError
 from worker.jobs import Job, Limits, decode
 from worker.metrics import WorkerMetrics, job_type_label
@@ -43,7 +44,13 @@ class Pipeline:
         self.metrics = metrics
         self.llm = llm
         self.limits = Limits(
-            settings.max_rows_per_job, settings.max_cell_chars, settings.max_job_bytes
+            max_rows=settings.max_rows_per_job,
+            max_cell_chars=settings.max_cell_chars,
+            max_job_bytes=settings.max_job_bytes,
+            max_row_text_chars=settings.max_row_text_chars,
+            max_job_text_chars=settings.max_job_text_chars,
+            max_scores=settings.max_job_scores,
+            max_result_bytes=settings.max_result_bytes,
         )
         self.meter = BusyMeter(
             settings.utilisation_window_seconds,
@@ -71,6 +78,7 @@ class Pipeline:
             decoded = time.perf_counter()
             if job.source_path is not None:
                 await load_source(job, self.settings.data_root, self.limits)
+            check_cost(job_cost(job, self.model.dims), self.limits)  # before any work
             body = await self._process(job)
             body["timings"] = timings(started, decoded)
             outcome = Outcome(body, job.job_id, job.type, rows=len(job.rows))
@@ -125,10 +133,12 @@ class Pipeline:
             body["max_tokens"] = model.max_seq_length
         if job.type == "classify":
             body["method"] = job.method
+            floor = job.min_score
             body["predictions"] = [
-                {"label": p.label, "score": p.score, "scores": p.scores}
+                {"label": p.label if floor is None or p.score >= floor else None,
+                 "score": p.score, "scores": p.scores}
                 for p in await self._classify(job, texts, vectors, model)
-            ]
+            ]  # fmt: skip
         if job.embeddings_format != "none":
             body["embeddings"] = encode_vectors(vectors, job.embeddings_format)
         return body

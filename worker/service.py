@@ -277,7 +277,7 @@ class Service:
     async def _handle(self, msg: Received) -> tuple[bool, str]:
         """(ack?, job type label)."""
         assert self.pipeline is not None
-        cached = self._recent.get(_peek_job_id(msg))
+        cached = _duplicate_of(self._recent, msg)
         if cached is not None:
             self.metrics.duplicates.inc()
             data, stored = cached
@@ -327,12 +327,24 @@ class Service:
         return True
 
 
-def _peek_job_id(msg: Received) -> str | None:
-    """The idempotency key, from the attribute `submit` sets or from the JSON body."""
-    if "job_id" in msg.attributes:
-        return msg.attributes["job_id"]
+def _duplicate_of(recent: RecentResults, msg: Received) -> tuple[bytes, dict[str, str]] | None:
+    """The published result this delivery repeats, if any, keyed by the body's `job_id`.
+
+    The body's `job_id` is the job's id: its result carries it. The `job_id` attribute (`submit`
+    sets it) is a shortcut that saves parsing the body, and a hit through it counts only when
+    the body agrees: a message whose attribute names another job (an earlier one, already
+    answered) is processed and gets a result of its own.
+    """
+    attribute = msg.attributes.get("job_id")
+    if attribute is None:
+        return recent.get(_body_job_id(msg.data))
+    cached = recent.get(attribute)
+    return cached if cached is not None and _body_job_id(msg.data) == attribute else None
+
+
+def _body_job_id(data: bytes) -> str | None:
     try:
-        obj = orjson.loads(msg.data)
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     job_id = obj.get("job_id") if isinstance(obj, dict) else None

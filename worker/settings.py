@@ -79,6 +79,22 @@ class WorkerSettings(CommonSettings):
     max_job_bytes: int = setting(
         "TABULAR_MAX_JOB_BYTES", 10_000_000, "Bytes allowed in one job (message or source file)."
     )
+    max_row_text_chars: int = setting(
+        "TABULAR_MAX_ROW_TEXT_CHARS",
+        100_000,
+        "Characters the text of one row (example, label) may render to.",
+    )
+    max_job_text_chars: int = setting(
+        "TABULAR_MAX_JOB_TEXT_CHARS",
+        20_000_000,
+        "Characters of text one job may make the models read (rows, examples, labels, prompts).",
+    )
+    max_job_scores: int = setting(
+        "TABULAR_MAX_JOB_SCORES", 1_000_000, "Scores one classify job may ask for (rows x labels)."
+    )
+    max_result_bytes: int = setting(
+        "TABULAR_MAX_RESULT_BYTES", 100_000_000, "Estimated bytes of one job's result allowed."
+    )
     # --- batcher ------------------------------------------------------------------------------
     batch_max_rows: int = setting("TABULAR_BATCH_MAX_ROWS", 64, "Rows per encode call.")
     batch_max_tokens: int = setting(
@@ -176,7 +192,8 @@ class WorkerSettings(CommonSettings):
             raise SettingsError("TABULAR_LOCAL_MODEL_DIR must lie outside MODEL_CACHE_PATH")
         self.require_positive(
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
-            "model_copy_readers", "utilisation_window_seconds",
+            "model_copy_readers", "max_row_text_chars", "max_job_text_chars", "max_job_scores",
+            "max_result_bytes", "utilisation_window_seconds",
         )  # fmt: skip
         if self.scaling_max_instances < 0:
             raise SettingsError("TABULAR_SCALING_MAX_INSTANCES must be 0 (not known) or more")

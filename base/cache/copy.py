@@ -14,11 +14,11 @@ import shutil
 import threading
 import time
 from collections.abc import Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from base.cache.manifest import FileEntry, ModelEntry, safe_path, sha256_file
+from base.cache.reads import READ_TIMEOUT, Watch, open_regular, run_watched
 
 CHUNK_BYTES = 8 << 20
 FREE_SPACE_MARGIN = 0.05  # keep 5 % of the target's free space unused
@@ -70,23 +70,44 @@ def copy_hashing(src: Path, dst: Path, block: int = CHUNK_BYTES) -> tuple[int, s
     return size, digest.hexdigest()
 
 
+def check_sizes(
+    root: Path,
+    model: ModelEntry,
+    timeout: float = READ_TIMEOUT,
+    only: Collection[str] | None = None,
+) -> None:
+    """Every file (those in `only`, when given) present at the size the manifest says (stat
+    only): a manifest claiming a size the file does not have is a mismatch before anything is
+    read or any space is reserved."""
+
+    def check(entry: FileEntry, watch: Watch) -> None:
+        _check_size(safe_path(root, f"{model.location}/{entry.path}"), entry)
+
+    tasks = [lambda watch, e=e: check(e, watch) for e in selected(model, only)]
+    run_watched(tasks, 4, timeout, "checking file sizes")
+
+
 def verify_files(
-    root: Path, model: ModelEntry, readers: int = 4, only: Collection[str] | None = None
+    root: Path,
+    model: ModelEntry,
+    readers: int = 4,
+    only: Collection[str] | None = None,
+    timeout: float = READ_TIMEOUT,
 ) -> None:
     """Hash a model's files (those in `only`, when given) where they lie (the `mount` strategy);
     raise on the first mismatch."""
 
-    def check(entry: FileEntry) -> None:
+    def check(entry: FileEntry, watch: Watch) -> None:
         path = safe_path(root, f"{model.location}/{entry.path}")
         _check_size(path, entry)
-        actual = sha256_file(path)
+        actual = sha256_file(path, watch)
         if actual != entry.sha256:
             raise ChecksumMismatch(
                 entry.path, f"sha256 {actual[:12]}, expected {entry.sha256[:12]}"
             )
 
-    with ThreadPoolExecutor(max(1, readers)) as pool:
-        list(pool.map(check, selected(model, only)))
+    tasks = [lambda watch, e=e: check(e, watch) for e in selected(model, only)]
+    run_watched(tasks, readers, timeout, f"verifying {model.name}")
 
 
 def copy_verified(
@@ -97,13 +118,15 @@ def copy_verified(
     readers: int = 4,
     chunk_bytes: int = CHUNK_BYTES,
     only: Collection[str] | None = None,
+    timeout: float = READ_TIMEOUT,
 ) -> CopyResult:
     """Copy `model`'s files (those named in `only`, when given) from the cache under `root` into
     `dest`, verified, all or nothing.
 
     Files are written as `*.partial` and renamed once every checksum matched, so `dest` never
     holds an unverified file. Files under `manifests/` are renamed last: an Ollama server reading
-    `dest` must never see a model manifest before its blobs.
+    `dest` must never see a model manifest before its blobs. A copy that receives no byte for
+    `timeout` seconds raises `Stalled` (a hung FUSE read).
     """
     started = time.perf_counter()
     files = selected(model, only)
@@ -113,9 +136,12 @@ def copy_verified(
     try:
         for job in jobs:
             job.open()
-        chunks = [(job, off) for job in jobs for off in range(0, job.entry.size, chunk_bytes)]
-        with ThreadPoolExecutor(max(1, readers), thread_name_prefix="cache-copy") as pool:
-            list(pool.map(lambda c: c[0].copy_chunk(c[1], chunk_bytes), chunks))
+        chunks = [
+            lambda watch, job=job, off=off: job.copy_chunk(off, chunk_bytes, watch)
+            for job in jobs
+            for off in range(0, job.entry.size, chunk_bytes)
+        ]
+        run_watched(chunks, readers, timeout, f"copying {model.name}")
         for job in jobs:
             job.finish()
     except BaseException:
@@ -135,7 +161,10 @@ def selected(model: ModelEntry, only: Collection[str] | None) -> tuple[FileEntry
 
 
 def _check_size(path: Path, entry: FileEntry) -> None:
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ChecksumMismatch(entry.path, "missing") from None
     if size != entry.size:
         raise ChecksumMismatch(entry.path, f"size {size}, expected {entry.size}")
 
@@ -167,13 +196,14 @@ class _FileCopy:
         src = safe_path(self.root, f"{self.model.location}/{self.entry.path}")
         _check_size(src, self.entry)  # a truncated file fails here, before any copying
         self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self._src = os.open(src, os.O_RDONLY)
+        self._src = open_regular(src)
         self._dst = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.ftruncate(self._dst, self.entry.size)
 
-    def copy_chunk(self, offset: int, length: int) -> None:
+    def copy_chunk(self, offset: int, length: int, watch: Watch) -> None:
         length = min(length, self.entry.size - offset)
         data = os.pread(self._src, length, offset)
+        watch.tick()
         if len(data) != length:
             raise ChecksumMismatch(self.entry.path, f"short read at {offset}: file changed")
         os.pwrite(self._dst, data, offset)

@@ -3,6 +3,7 @@
 Layout under the cache root (see docs/cache.md):
 
     manifest.json           the current generation: every model and every file, with sha256
+    manifest.previous.json  the generation before it (what garbage collection must keep)
     .done                   {"generation", "manifest_sha256"}: written last, the commit point
     sync-status.json        outcome of the last sync runs (for alerts)
     sbert/<name>/<tree>/    sentence-transformers model files
@@ -19,21 +20,24 @@ Everything here is cheap and dependency-free: the worker imports it at start.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeGuard
 
 import orjson
 
+from base.cache.reads import READ_TIMEOUT, Stalled, Watch, open_regular, read_small, run_watched
+from base.cache.reads import with_deadline as _with_deadline
 from base.cache.variants import Variants, VariantsError, parse_variants
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PREVIOUS_NAME = "manifest.previous.json"  # the generation before the committed one (for GC)
 DONE_NAME = ".done"
 STATUS_NAME = "sync-status.json"
 LOCK_NAME = "sync.lock"
@@ -52,7 +56,13 @@ MISS_REASONS = (
     "model_not_in_manifest",
     "checksum_mismatch",
     "load_failed",
+    "read_timeout",
+    "file_unreadable",
+    "insufficient_space",
 )
+# Size bounds of the small files (a .done of gigabytes, or /dev/zero, is not a marker).
+MAX_DONE_BYTES = 64 << 10
+MAX_MANIFEST_BYTES = 64 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _READ_BLOCK = 1 << 20
@@ -161,8 +171,11 @@ def safe_path(root: Path, rel: str) -> Path:
     """
     check_relative(rel)
     full = root / rel
-    resolved_root = root.resolve()
-    if not full.resolve().is_relative_to(resolved_root):
+    try:
+        inside = full.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError on Python 3.11)
+        raise UnsafePath(f"{rel!r} cannot be resolved: {exc}") from None
+    if not inside:
         raise UnsafePath(f"{rel!r} resolves outside the cache root")
     return full
 
@@ -187,11 +200,17 @@ def model_location(kind: str, name: str, tree: str) -> str:
 # checksums
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, watch: Watch | None = None) -> str:
+    """sha256 of a regular file (a FIFO or device is refused); `watch` sees every block read."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_READ_BLOCK):
+    fd = open_regular(path)
+    try:
+        while block := os.read(fd, _READ_BLOCK):
             digest.update(block)
+            if watch is not None:
+                watch.tick()
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -209,45 +228,59 @@ def tree_digest(files: Iterable[FileEntry]) -> str:
 # reading
 
 
-def read_done(root: Path) -> Done | None:
-    """The committed generation marker, or None when missing or malformed (cheap: one small read).
+def read_done(root: Path, timeout: float = READ_TIMEOUT) -> Done | None:
+    """The committed generation marker, or None when missing, malformed or unreadable in time
+    (cheap: one small read). Hot reload polls this alone; the manifest is read only when the
+    generation moves."""
+    return _read_done(root, timeout)[0]
 
-    Hot reload polls this alone; the full manifest is read only when the generation moves.
-    """
+
+def _read_done(root: Path, timeout: float) -> tuple[Done | None, str, str]:
+    """(marker, reason, detail): reason is "" with a marker, else no_done or read_timeout."""
     try:
-        raw = orjson.loads((root / DONE_NAME).read_bytes())
+        raw = orjson.loads(read_small(root / DONE_NAME, MAX_DONE_BYTES, timeout))
         generation, digest = raw["generation"], raw["manifest_sha256"]
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
-        return None
+    except Stalled as exc:
+        return None, "read_timeout", str(exc)
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return None, "no_done", f"{DONE_NAME} is missing or malformed: {_why(exc)}"
     if not _is_int(generation) or not isinstance(digest, str) or not _SHA256.match(digest):
-        return None
-    return Done(int(generation), digest)
+        return None, "no_done", f"{DONE_NAME} is malformed"
+    return Done(int(generation), digest), "", ""
 
 
-def read_cache(root: Path, retry_delay: float = 0.1) -> CacheState:
+def read_cache(root: Path, retry_delay: float = 0.1, timeout: float = READ_TIMEOUT) -> CacheState:
     """Check `.done` against manifest.json; a mismatch is re-read once after `retry_delay`.
 
     A sync commits by writing manifest.json, then .done: a reader landing between the two sees a
     mismatch for a moment, which the re-read resolves. A mismatch that persists is a real miss.
+    Every read is bounded (`timeout` without progress is `read_timeout`) and sized: this always
+    returns, with a state.
     """
-    state = _read_cache_once(root)
+    state = _read_cache_once(root, timeout)
     if state.reason in ("generation_mismatch", "digest_mismatch") and retry_delay > 0:
         time.sleep(retry_delay)
-        state = _read_cache_once(root)
+        state = _read_cache_once(root, timeout)
     return state
 
 
-def _read_cache_once(root: Path) -> CacheState:
-    if not root.is_dir():
-        return CacheState("no_mount", detail=f"{root} is not a directory")
-    done = read_done(root)
-    if done is None:
-        return CacheState("no_done", detail=f"{DONE_NAME} is missing or malformed")
+def _read_cache_once(root: Path, timeout: float) -> CacheState:
     try:
-        data = (root / MANIFEST_NAME).read_bytes()
+        is_dir = _with_deadline(root.is_dir, timeout, f"looking at {root}")
+    except Stalled as exc:
+        return CacheState("read_timeout", detail=str(exc))
+    if not is_dir:
+        return CacheState("no_mount", detail=f"{root} is not a directory")
+    done, reason, detail = _read_done(root, timeout)
+    if done is None:
+        return CacheState(reason, detail=detail)
+    try:
+        data = read_small(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, timeout)
         manifest = Manifest.from_bytes(data)
+    except Stalled as exc:
+        return CacheState("read_timeout", done=done, detail=str(exc))
     except (OSError, ManifestError, UnsafePath) as exc:
-        return CacheState("manifest_unreadable", done=done, detail=str(exc))
+        return CacheState("manifest_unreadable", done=done, detail=_why(exc))
     if manifest.generation != done.generation:
         detail = f"{DONE_NAME} names generation {done.generation}, manifest has "
         detail += str(manifest.generation)
@@ -257,6 +290,19 @@ def _read_cache_once(root: Path) -> CacheState:
         detail = f"manifest sha256 {actual[:12]}, {DONE_NAME} expects {done.manifest_sha256[:12]}"
         return CacheState("digest_mismatch", manifest, done, detail)
     return CacheState(HIT, manifest, done)
+
+
+def _why(exc: BaseException) -> str:
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def read_previous(root: Path, timeout: float = READ_TIMEOUT) -> Manifest | None:
+    """The manifest committed before the current one (None: missing, unreadable, or a cache
+    written before the sync kept it). Only garbage collection reads it."""
+    try:
+        return Manifest.from_bytes(read_small(root / PREVIOUS_NAME, MAX_MANIFEST_BYTES, timeout))
+    except (OSError, ManifestError, UnsafePath):
+        return None
 
 
 def find_model(manifest: Manifest, name: str, kind: str | None = None) -> ModelEntry | None:
@@ -290,13 +336,14 @@ def _source_aliases(source: str) -> set[str]:
 # verifying
 
 
-def verify(root: Path, readers: int = 4) -> list[Problem]:
+def verify(root: Path, readers: int = 4, timeout: float = READ_TIMEOUT) -> list[Problem]:
     """Every problem with a cache: marker, manifest, and each file's presence, size and sha256.
 
     Reads every byte (in parallel across files): this is the full check `tabular-sync verify`
-    runs, not the cheap one a worker does at start.
+    runs, not the cheap one a worker does at start. Whatever a file is (a FIFO, a symlink loop, a
+    file it may not read) it becomes a problem line; a read stalled for `timeout` ends the check.
     """
-    state = read_cache(root, retry_delay=0)
+    state = read_cache(root, retry_delay=0, timeout=timeout)
     problems: list[Problem] = []
     if state.reason != HIT:
         problems.append(Problem(".", f"{state.reason}: {state.detail}"))
@@ -305,25 +352,36 @@ def verify(root: Path, readers: int = 4) -> list[Problem]:
         return problems
     names = [m.name for m in manifest.models]
     problems += [Problem(MANIFEST_NAME, f"model {n!r} listed twice") for n in _dupes(names)]
-    checks = [(m, f) for m in manifest.models for f in m.files]
-    with ThreadPoolExecutor(max(1, readers)) as pool:
-        for found in pool.map(lambda mf: _check_file(root, mf[0], mf[1]), checks):
-            problems += found
-    return problems
+    found: list[list[Problem]] = []
+    tasks = [
+        lambda watch, m=m, f=f: found.append(_check_file(root, m, f, watch))
+        for m in manifest.models
+        for f in m.files
+    ]
+    try:
+        run_watched(tasks, readers, timeout, "verifying model files")
+    except Stalled as exc:
+        problems.append(Problem(".", f"read_timeout: {exc}"))
+    return problems + [p for group in found for p in group]
 
 
-def _check_file(root: Path, model: ModelEntry, entry: FileEntry) -> list[Problem]:
+def _check_file(root: Path, model: ModelEntry, entry: FileEntry, watch: Watch) -> list[Problem]:
     rel = f"{model.location}/{entry.path}"
     try:
         path = safe_path(root, rel)
         size = path.stat().st_size
     except UnsafePath as exc:
         return [Problem(rel, str(exc))]
-    except OSError as exc:
-        return [Problem(rel, f"missing ({exc.strerror})")]
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        return [Problem(rel, f"missing or unreachable ({_why(exc)})")]
     if size != entry.size:
         return [Problem(rel, f"size {size}, manifest says {entry.size}")]
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path, watch)
+    except Stalled:
+        raise
+    except OSError as exc:
+        return [Problem(rel, f"unreadable ({_why(exc)})")]
     if actual != entry.sha256:
         return [Problem(rel, f"sha256 {actual[:12]}, manifest says {entry.sha256[:12]}")]
     return []

@@ -16,6 +16,9 @@ from typing import Any
 import orjson
 
 from base.cache.manifest import STATUS_NAME, read_cache
+from base.cache.reads import READ_TIMEOUT, read_small
+
+MAX_STATUS_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -28,27 +31,27 @@ class CacheStatus:
     size_bytes: int | None  # None: no committed manifest
 
 
-def read_status(root: Path) -> dict[str, Any]:
-    """The status file's fields ({} when missing or unreadable)."""
+def read_status(root: Path, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+    """The status file's fields ({} when missing, unreadable, oversized or stalled)."""
     try:
-        value = orjson.loads((root / STATUS_NAME).read_bytes())
+        value = orjson.loads(read_small(root / STATUS_NAME, MAX_STATUS_BYTES, timeout))
     except (OSError, orjson.JSONDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
-def manifest_size(root: Path) -> int | None:
+def manifest_size(root: Path, timeout: float = READ_TIMEOUT) -> int | None:
     """Bytes the committed manifest accounts for (each tree once), None without a valid one."""
-    state = read_cache(root, retry_delay=0)
+    state = read_cache(root, retry_delay=0, timeout=timeout)
     if not state.valid or state.manifest is None:
         return None
     trees = {m.location: m.size for m in state.manifest.models}
     return sum(trees.values())
 
 
-def cache_status(root: Path) -> CacheStatus | None:
+def cache_status(root: Path, timeout: float = READ_TIMEOUT) -> CacheStatus | None:
     """What sync-status.json says (None when the cache has none): cheap, one small read."""
-    status = read_status(root)
+    status = read_status(root, timeout)
     if not status:
         return None
     last = _number(status.get("last_success_unix"))
@@ -57,7 +60,7 @@ def cache_status(root: Path) -> CacheStatus | None:
     return CacheStatus(
         last_success_unix=last or 0.0,
         consecutive_failures=int(failures or 0),
-        size_bytes=int(size) if size is not None else manifest_size(root),
+        size_bytes=int(size) if size is not None else manifest_size(root, timeout),
     )
 
 
