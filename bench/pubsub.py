@@ -233,6 +233,8 @@ class Report:
     backend: str
     serves: str = ""  # what the worker reported serving
     raw: float = 0.0
+    raw_cpu: float = 0.0  # CPU ms per row of raw encode (this process, both cores)
+    batch_rows: tuple[float, float] = (0.0, 0.0)  # mean rows per encode call, 64-row, 1-row
     busy: tuple[float, float] = (0.0, 0.0)  # model busy share while 64-row, 1-row jobs ran
     big: float = 0.0
     one: float = 0.0
@@ -262,7 +264,9 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
             report.serves = "{backend} {precision} {variant}".format(**info.labels)
             encoder = raw_encoder(spec.model, info.labels)
             rows_per_second(encoder, texts[:256])
+            cpu0 = cpu_seconds(os.getpid())
             raw_before = rows_per_second(encoder, texts)
+            report.raw_cpu = 1000 * (cpu_seconds(os.getpid()) - cpu0) / len(texts)
             assert worker.proc is not None and server.pid is not None
             wpid, spgid = worker.proc.pid, server.pid
             procs: dict[str, Callable[[], float]] = {
@@ -274,8 +278,9 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
             def sample() -> dict[str, float]:
                 groups = {f"  worker: {g}": v for g, v in thread_groups(worker).items()}
                 (busy,) = scrape(worker, "tabular_model_busy_seconds_total")
+                (calls,) = scrape(worker, "tabular_batch_rows_count")
                 return {**{k: f() for k, f in procs.items()}, **groups, "busy": busy.value,
-                        "wall": time.perf_counter()}  # fmt: skip
+                        "calls": calls.value, "wall": time.perf_counter()}  # fmt: skip
 
             before = sample()
             report.big = path_rows_per_second(env, clock, texts, 64, "r64")
@@ -287,11 +292,13 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
                 return (b["busy"] - a["busy"]) / (b["wall"] - a["wall"])
 
             report.busy = (busy(before, middle), busy(middle, after))
+            n = len(texts)
+            report.batch_rows = (n / (middle["calls"] - before["calls"]),
+                                 n / (after["calls"] - middle["calls"]))  # fmt: skip
             for s in (before, middle, after):
-                del s["busy"], s["wall"]
+                del s["busy"], s["wall"], s["calls"]
             report.raw = max(raw_before, rows_per_second(encoder, texts))
             del encoder
-            n = len(texts)
             report.cpu = {
                 k: (1000 * (middle.get(k, 0) - before.get(k, 0)) / n,
                     1000 * (after.get(k, 0) - middle.get(k, 0)) / n)
@@ -323,7 +330,9 @@ def render(reports: list[Report], server: str, load: tuple[float, float]) -> str
             f"{'Pub/Sub path, 64-row jobs':46} {r.big:9.1f} {r.big / r.raw:7.2f}  (target >= 0.90)",
             f"{'Pub/Sub path, 1-row jobs':46} {r.one:9.1f} {r.one / r.raw:7.2f}  (target >= 0.80)",
             f"model busy share {r.busy[0]:38.2f} {r.busy[1]:8.2f}",
+            f"rows per encode call {r.batch_rows[0]:34.1f} {r.batch_rows[1]:8.1f}",
             f"CPU ms per row {'64-row':>40} {'1-row':>8}",
+            f"  {'raw encode, 64-row calls':52} {r.raw_cpu:8.2f}",
         ]
         out += [f"  {k:52} {a:8.2f} {b:8.2f}" for k, (a, b) in r.cpu.items()]
         u = r.unloaded

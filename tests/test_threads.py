@@ -26,19 +26,24 @@ def test_python_threads_are_grouped_by_name_and_native_ones_by_os_name() -> None
 
 
 def test_a_busy_thread_shows_in_its_group() -> None:
-    stop = time.monotonic() + 0.5
+    spun, done = threading.Event(), threading.Event()
 
     def spin() -> None:
-        while time.monotonic() < stop:
+        while time.thread_time() < 0.3:  # its own CPU, however loaded the machine is
             pass
+        spun.set()
+        done.wait(30)  # stays alive to be read: dead threads leave /proc
 
     before = thread_cpu_seconds().get("model", 0.0)
     thread = threading.Thread(target=spin, name="model_9")
     thread.start()
-    time.sleep(0.4)  # still alive: dead threads leave /proc
-    during = thread_cpu_seconds().get("model", 0.0)
-    thread.join()
-    assert during - before >= 0.2
+    try:
+        assert spun.wait(60)
+        during = thread_cpu_seconds().get("model", 0.0)
+    finally:
+        done.set()
+        thread.join()
+    assert during - before >= 0.25
 
 
 async def test_worker_scrape_breaks_cpu_down_by_role(
