@@ -8,7 +8,7 @@ it in model threads so the event loop keeps receiving jobs while the model works
   session runs concurrent calls safely). Two streams of one intra-op thread each keep both cores
   busy through the Python work around a forward pass (tokenising, padding, pooling), ~1.05x
   rows/s here, but each call then takes twice as long on one core, so a new job waits up to
-  twice as long: one stream is the default (docs/benchmarks.md, "Pub/Sub path").
+  twice as long: one stream is the default (docs/benchmarks.md, "Pub/Sub").
 - **Fairness.** A batch takes rows from jobs that have not started first (in arrival order), then
   from started jobs in turn (round robin), so a 1-row job waits for the batches already running,
   not behind every row of a 10,000-row job; and new jobs go out in a batch of their own, not
