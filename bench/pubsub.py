@@ -1,11 +1,22 @@
-"""Throughput and latency of the whole Pub/Sub path against raw `encode`, in one run.
+"""The whole Pub/Sub path against the raw speed of the backend the worker serves, in one run.
 
-    python bench/pubsub.py [--rows 2048]
+    python bench/pubsub.py [--backends torch,onnx-int8] [--rows 2048] [--worker-env NAME=VALUE]
 
-With the Pub/Sub server (official emulator, or the test stand-in) running during both
-measurements: rows/s of raw `SentenceTransformer.encode` (batch 32) and of publish -> worker
-process -> results received, for 64-row jobs and 1-row jobs; then p50/p99 job latency with 1-row
-jobs published at about half of the measured saturation rate.
+For each backend, with the Pub/Sub server (official emulator, or the test stand-in) running
+during every measurement:
+- raw `encode` of the same backend in this process (batch 32; ONNX with the worker's default
+  threads), before and after the path runs, the faster kept;
+- rows/s of publish -> worker process -> results received, for 64-row and 1-row jobs, with CPU
+  per process and, inside the worker, per thread role (`tabular_thread_cpu_seconds`), in
+  milliseconds per row;
+- open-loop latency: 1-row jobs at Poisson arrivals at 50 % and 80 % of the measured 1-row
+  saturation, p50/p90/p99, split into the worker's own time (the result's `timings.total_ms`) and
+  the rest (Pub/Sub delivery, queueing before the worker, publishing the result);
+- fairness: 1-row probes published while a 10,000-row job runs, against their unloaded latency
+  plus one batch (`TABULAR_BATCH_MAX_ROWS` rows at the raw speed).
+Backends: torch (the packaged MiniLM's torch model), onnx-fp32 and onnx-int8 (its exported
+variants, made once under .cache/bench like bench/engine.py; int8 fails the quality gate and is
+served by naming it, for the speed figure only).
 """
 
 from __future__ import annotations
@@ -16,42 +27,69 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.config import packaged_model_dir
-from harness.pubsub import PubSubEnv, PubSubServer, make_subscriber
-from harness.worker_proc import WorkerProcess
-from worker.rowtext import row_text
+from bench.engine import prepare  # noqa: E402
+from engine.config import packaged_model_dir  # noqa: E402
+from engine.encoder import Encoder, OnnxEncoder, TorchEncoder  # noqa: E402
+from harness.pubsub import PubSubEnv, PubSubServer, make_subscriber  # noqa: E402
+from harness.worker_proc import WorkerProcess  # noqa: E402
+from worker.rowtext import row_text  # noqa: E402
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+BATCH_ROWS = 64  # the worker's TABULAR_BATCH_MAX_ROWS default
 
 
-def make_rows(n: int) -> list[str]:
-    rng = np.random.default_rng(7)
-    return [" ".join(rng.choice(WORDS, 14)) + f" #{i}" for i in range(n)]
+def make_rows(n: int, seed: int = 7) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [row_text(["text"], [" ".join(rng.choice(WORDS, 14)) + f" #{i}"]) for i in range(n)]
 
 
-class RawEncoder:
-    """The baseline: the same model, in this process, `encode` at batch 32."""
+@dataclass(frozen=True)
+class Backend:
+    name: str  # torch | onnx-fp32 | onnx-int8 (what the worker is asked for)
+    model: str  # TABULAR_EMBEDDING_MODEL
+    env: dict[str, str]
 
-    def __init__(self) -> None:
-        from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(packaged_model_dir()), device="cpu")
-        self.model.encode(["warm up"] * 64, batch_size=32)
+def backend(name: str) -> Backend:
+    if name == "torch":
+        return Backend(name, "all-MiniLM-L6-v2", {"TABULAR_INFERENCE_BACKEND": "torch"})
+    precision = name.removeprefix("onnx-")
+    env = {"TABULAR_INFERENCE_BACKEND": "onnx", "TABULAR_INFERENCE_PRECISION": precision}
+    return Backend(name, str(prepare("minilm")), env)
 
-    def rows_per_second(self, texts: list[str]) -> float:
-        started = time.perf_counter()
-        self.model.encode(texts, batch_size=32)
-        return len(texts) / (time.perf_counter() - started)
+
+def raw_encoder(model: str, info: dict[str, str]) -> Encoder:
+    """The variant the worker reports it serves (tabular_model_info), loaded in this process
+    with the engine's defaults: the worker's choice is the gate's, not the bench's."""
+    if info["backend"] == "torch":
+        return TorchEncoder(packaged_model_dir())
+    from base.cache.variants import read_variants
+
+    record = read_variants(Path(model))
+    variant = record.get(info["variant"]) if record else None
+    assert variant is not None, f"no variant {info['variant']} in {model}"
+    return OnnxEncoder(Path(model), variant.model_file, variant.precision)
+
+
+def rows_per_second(encoder: Encoder, texts: list[str]) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(texts), BATCH_ROWS):  # the batcher's calls, back to back
+        encoder.encode(texts[start : start + BATCH_ROWS])
+    return len(texts) / (time.perf_counter() - started)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,21 +112,44 @@ def group_cpu(pgid: int) -> float:
     return total
 
 
+def scrape(worker: WorkerProcess, name: str) -> list[Any]:
+    """The samples of one series name on the worker's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def thread_groups(worker: WorkerProcess) -> dict[str, float]:
+    """The worker's tabular_thread_cpu_seconds{group}."""
+    return {s.labels["group"]: s.value for s in scrape(worker, "tabular_thread_cpu_seconds")}
+
+
 class ResultClock:
-    """Streaming-pull the results topic and note when each job_id arrived."""
+    """Streaming-pull the results topic; note when each job_id's (last) message arrived and,
+    for small results, the worker's own time from the body."""
 
     def __init__(self, env: PubSubEnv) -> None:
         self.arrived: dict[str, float] = {}
+        self.worker_ms: dict[str, float] = {}
         self._lock = threading.Lock()
         self._sub = make_subscriber(env.host)
         self._future = self._sub.subscribe(env.results_subscription, self._on)
 
     def _on(self, message: Any) -> None:
+        now = time.perf_counter()
+        job_id = message.attributes["job_id"]
+        ms = None
+        if job_id.startswith(("lat", "probe")):
+            ms = orjson.loads(message.data).get("timings", {}).get("total_ms")
         with self._lock:
-            self.arrived[message.attributes["job_id"]] = time.perf_counter()
+            self.arrived[job_id] = now
+            if ms is not None:
+                self.worker_ms[job_id] = float(ms)
         message.ack()
 
-    def wait(self, ids: list[str], timeout: float = 600) -> None:
+    def wait(self, ids: list[str], timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -101,91 +162,218 @@ class ResultClock:
         self._future.cancel()
 
 
+def job(job_id: str, texts: list[str]) -> bytes:
+    body = {"job_id": job_id, "type": "embed", "table": {"columns": ["text"],
+            "rows": [[t] for t in texts]}}  # fmt: skip
+    return orjson.dumps(body)
+
+
 def path_rows_per_second(env: PubSubEnv, clock: ResultClock, texts: list[str], per_job: int,
                          tag: str) -> float:  # fmt: skip
     publisher = env.publisher()
-    jobs: list[dict[str, Any]] = [
-        {"job_id": f"{tag}-{n}", "type": "embed",
-         "table": {"columns": ["text"], "rows": [[t] for t in texts[i : i + per_job]]}}
-        for n, i in enumerate(range(0, len(texts), per_job))
-    ]  # fmt: skip
+    ids = [f"{tag}-{n}" for n in range(0, len(texts), per_job)]
     started = time.perf_counter()
-    futures = [publisher.publish(env.jobs_topic, orjson.dumps(j), job_id=j["job_id"]) for j in jobs]
+    futures = [publisher.publish(env.jobs_topic, job(i, texts[n * per_job : (n + 1) * per_job]),
+                                 job_id=i) for n, i in enumerate(ids)]  # fmt: skip
     for f in futures:
         f.result(60)
-    clock.wait([j["job_id"] for j in jobs])
+    clock.wait(ids)
     return len(texts) / (time.perf_counter() - started)
 
 
-def latency(env: PubSubEnv, clock: ResultClock, rate: float, seconds: float) -> list[float]:
+@dataclass
+class Latency:
+    total: list[float] = field(default_factory=list)  # seconds, publish -> result received
+    worker: list[float] = field(default_factory=list)  # seconds inside the worker
+
+    def pct(self, q: float, of: str = "total") -> float:
+        return float(np.percentile(getattr(self, of), q))
+
+
+def probe(env: PubSubEnv, clock: ResultClock, tag: str, times: list[float]) -> Latency:
+    """Publish 1-row jobs at the given offsets (seconds from now); their latencies."""
     publisher = env.publisher()
     sent: dict[str, float] = {}
-    interval = 1.0 / rate
     started = time.perf_counter()
-    n = 0
-    while time.perf_counter() - started < seconds:
-        job_id = f"lat-{n}"
-        job = {
-            "job_id": job_id,
-            "type": "embed",
-            "table": {"columns": ["text"], "rows": [[f"latency probe {n} " + WORDS[n % 13]]]},
-        }
+    for n, at in enumerate(times):
+        time.sleep(max(0.0, started + at - time.perf_counter()))
+        job_id = f"{tag}-{n}"
         sent[job_id] = time.perf_counter()
-        publisher.publish(env.jobs_topic, orjson.dumps(job), job_id=job_id)
-        n += 1
-        time.sleep(max(0.0, started + n * interval - time.perf_counter()))  # fmt: skip
+        publisher.publish(env.jobs_topic, job(job_id, [f"probe {n} " + WORDS[n % 13]]),
+                          job_id=job_id)  # fmt: skip
     clock.wait(list(sent))
-    return [clock.arrived[j] - t for j, t in sent.items()]
+    out = Latency()
+    for job_id, t in sent.items():
+        out.total.append(clock.arrived[job_id] - t)
+        out.worker.append(clock.worker_ms.get(job_id, 0.0) / 1000)
+    return out
+
+
+def poisson(rate: float, seconds: float, seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, int(rate * seconds * 1.5) + 10)
+    times = np.cumsum(gaps)
+    return [float(t) for t in times[times < seconds]]
+
+
+def fairness(env: PubSubEnv, clock: ResultClock, big_rows: int) -> tuple[Latency, float]:
+    """1-row probes while a big job runs: their latencies, and the big job's seconds."""
+    publisher = env.publisher()
+    started = time.perf_counter()
+    publisher.publish(env.jobs_topic, job("big-0", make_rows(big_rows, seed=11)),
+                      job_id="big-0").result(60)  # fmt: skip
+    time.sleep(1.5)  # the big job is being encoded
+    probes = probe(env, clock, "probe-fair", [0.25 * i for i in range(12)])
+    clock.wait(["big-0"])
+    return probes, time.perf_counter() - started
+
+
+@dataclass
+class Report:
+    backend: str
+    serves: str = ""  # what the worker reported serving
+    raw: float = 0.0
+    raw_cpu: float = 0.0  # CPU ms per row of raw encode (this process, both cores)
+    batch_rows: tuple[float, float] = (0.0, 0.0)  # mean rows per encode call, 64-row, 1-row
+    busy: tuple[float, float] = (0.0, 0.0)  # model busy share while 64-row, 1-row jobs ran
+    big: float = 0.0
+    one: float = 0.0
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> ms/row 64, 1
+    loaded: dict[int, tuple[float, Latency]] = field(default_factory=dict)  # % -> (rate, lat)
+    unloaded: Latency = field(default_factory=Latency)
+    fair: Latency = field(default_factory=Latency)
+    big_seconds: float = 0.0
+    big_rows: int = 0
+
+
+def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Report:
+    spec = backend(name)
+    report = Report(name, big_rows=args.big_rows)
+    texts = make_rows(args.rows)
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = PubSubEnv(server).create()
+        worker = WorkerProcess(
+            {**env.env(), "TABULAR_EMBEDDING_MODEL": spec.model, **spec.env, **worker_env},
+            Path(tmp) / "worker.log",
+        ).start(300)
+        clock = ResultClock(env)
+        try:
+            path_rows_per_second(env, clock, texts[:256], 8, "warm")
+            (info,) = scrape(worker, "tabular_model_info")
+            report.serves = "{backend} {precision} {variant}".format(**info.labels)
+            encoder = raw_encoder(spec.model, info.labels)
+            rows_per_second(encoder, texts[:256])
+            cpu0 = cpu_seconds(os.getpid())
+            raw_before = rows_per_second(encoder, texts)
+            report.raw_cpu = 1000 * (cpu_seconds(os.getpid()) - cpu0) / len(texts)
+            assert worker.proc is not None and server.pid is not None
+            wpid, spgid = worker.proc.pid, server.pid
+            procs: dict[str, Callable[[], float]] = {
+                "worker (whole process)": lambda: cpu_seconds(wpid),
+                "pubsub server": lambda: group_cpu(spgid),
+                "bench client": lambda: cpu_seconds(os.getpid()),
+            }
+
+            def sample() -> dict[str, float]:
+                groups = {f"  worker: {g}": v for g, v in thread_groups(worker).items()}
+                (busy,) = scrape(worker, "tabular_model_busy_seconds_total")
+                (calls,) = scrape(worker, "tabular_batch_rows_count")
+                return {**{k: f() for k, f in procs.items()}, **groups, "busy": busy.value,
+                        "calls": calls.value, "wall": time.perf_counter()}  # fmt: skip
+
+            before = sample()
+            report.big = path_rows_per_second(env, clock, texts, 64, "r64")
+            middle = sample()
+            report.one = path_rows_per_second(env, clock, texts, 1, "r1")
+            after = sample()
+
+            def busy(a: dict[str, float], b: dict[str, float]) -> float:
+                return (b["busy"] - a["busy"]) / (b["wall"] - a["wall"])
+
+            report.busy = (busy(before, middle), busy(middle, after))
+            n = len(texts)
+            report.batch_rows = (n / (middle["calls"] - before["calls"]),
+                                 n / (after["calls"] - middle["calls"]))  # fmt: skip
+            for s in (before, middle, after):
+                del s["busy"], s["wall"], s["calls"]
+            report.raw = max(raw_before, rows_per_second(encoder, texts))
+            del encoder
+            report.cpu = {
+                k: (1000 * (middle.get(k, 0) - before.get(k, 0)) / n,
+                    1000 * (after.get(k, 0) - middle.get(k, 0)) / n)
+                for k in sorted(after, key=lambda k: (k.startswith(" "), k))
+            }  # fmt: skip
+            report.unloaded = probe(env, clock, "lat-idle", [0.2 * i for i in range(20)])
+            for share in (50, 80):
+                rate = report.one * share / 100
+                times = poisson(rate, args.latency_seconds, seed=share)
+                report.loaded[share] = (rate, probe(env, clock, f"lat-{share}", times))
+            report.fair, report.big_seconds = fairness(env, clock, args.big_rows)
+        finally:
+            clock.close()
+            worker.stop()
+            env.close()
+    return report
+
+
+def render(reports: list[Report], server: str, load: tuple[float, float]) -> str:
+    out = [f"pubsub server: {server}; cores: {os.cpu_count()}; "
+           f"load average before/after: {load[0]:.2f}/{load[1]:.2f}"]  # fmt: skip
+    for r in reports:
+        batch_s = BATCH_ROWS / r.raw
+        out += [
+            "",
+            f"== backend {r.backend}: the worker serves {r.serves} ==",
+            f"{'measurement':46} {'rows/s':>9} {'ratio':>7}",
+            f"{'raw encode, 64-row calls (best of 2)':46} {r.raw:9.1f} {1.0:7.2f}",
+            f"{'Pub/Sub path, 64-row jobs':46} {r.big:9.1f} {r.big / r.raw:7.2f}  (target >= 0.90)",
+            f"{'Pub/Sub path, 1-row jobs':46} {r.one:9.1f} {r.one / r.raw:7.2f}  (target >= 0.80)",
+            f"model busy share {r.busy[0]:38.2f} {r.busy[1]:8.2f}",
+            f"rows per encode call {r.batch_rows[0]:34.1f} {r.batch_rows[1]:8.1f}",
+            f"CPU ms per row {'64-row':>40} {'1-row':>8}",
+            f"  {'raw encode, 64-row calls':52} {r.raw_cpu:8.2f}",
+        ]
+        out += [f"  {k:52} {a:8.2f} {b:8.2f}" for k, (a, b) in r.cpu.items()]
+        u = r.unloaded
+        out.append(f"latency, unloaded 1-row jobs: p50 {u.pct(50) * 1000:.1f} ms "
+                   f"(worker {u.pct(50, 'worker') * 1000:.1f} ms)")  # fmt: skip
+        for share, (rate, lat) in r.loaded.items():
+            p50, p90, p99 = (lat.pct(q) * 1000 for q in (50, 90, 99))
+            out.append(
+                f"latency at {share} % of 1-row saturation ({rate:.0f} jobs/s Poisson, "
+                f"{len(lat.total)} jobs): p50 {p50:.1f} p90 {p90:.1f} p99 {p99:.1f} ms, "
+                f"p99/p50 {p99 / p50:.2f} (target <= 3); worker's own p50 "
+                f"{lat.pct(50, 'worker') * 1000:.1f} ms, rest (Pub/Sub, queue) p50 "
+                f"{(lat.pct(50) - lat.pct(50, 'worker')) * 1000:.1f} ms"
+            )
+        bound = 2 * u.pct(50) + batch_s
+        in_worker = r.big_seconds * BATCH_ROWS / r.big_rows
+        worst = max(r.fair.total)
+        out.append(
+            f"fairness: 1-row probes behind a {r.big_rows}-row job ({r.big_seconds:.1f} s): "
+            f"p50 {r.fair.pct(50) * 1000:.1f} ms (worker {r.fair.pct(50, 'worker') * 1000:.1f}), "
+            f"max {worst * 1000:.1f} ms (worker {max(r.fair.worker) * 1000:.1f}); bound 2 x "
+            f"unloaded p50 + one batch = {bound * 1000:.1f} ms: "
+            f"{'met' if worst <= bound else 'NOT met'}; in the worker the big job took "
+            f"{in_worker * 1000:.0f} ms per {BATCH_ROWS} rows (raw: {batch_s * 1000:.0f} ms)"
+        )
+    return "\n".join(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="torch,onnx-int8")
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--big-rows", type=int, default=10_000)
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra worker variable (A/B runs), repeatable")  # fmt: skip
     args = parser.parse_args()
-    texts = [row_text(["text"], [t]) for t in make_rows(args.rows)]
-    with tempfile.TemporaryDirectory() as tmp, PubSubServer() as server:
-        env = PubSubEnv(server).create()
-        worker = WorkerProcess(env.env(), Path(tmp) / "worker.log").start(180)
-        clock = ResultClock(env)
-        path_rows_per_second(env, clock, texts[:256], 8, "warm")
-        # The baseline is measured before and after the path runs and the faster one kept, so
-        # a load spike on the machine cannot flatter the ratios.
-        encoder = RawEncoder()
-        raw_before = encoder.rows_per_second(texts)
-        assert worker.proc is not None and server.pid is not None
-        worker_pid, server_pgid = worker.proc.pid, server.pid
-        procs: dict[str, Callable[[], float]] = {
-            "worker": lambda: cpu_seconds(worker_pid),
-            "pubsub server": lambda: group_cpu(server_pgid),
-            "bench client": lambda: cpu_seconds(os.getpid()),
-        }
-        before = {k: f() for k, f in procs.items()}
-        big = path_rows_per_second(env, clock, texts, 64, "r64")
-        middle = {k: f() for k, f in procs.items()}
-        one = path_rows_per_second(env, clock, texts, 1, "r1")
-        after = {k: f() for k, f in procs.items()}
-        raw = max(raw_before, encoder.rows_per_second(texts))
-        lat = sorted(latency(env, clock, rate=one / 2, seconds=args.latency_seconds))
-        clock.close()
-        worker.stop()
-        env.close()
-    p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-    cpu = {k: (middle[k] - before[k], after[k] - middle[k]) for k in before}
-    print(f"pubsub server: {server.kind}; rows: {args.rows}; cores: {os.cpu_count()}")
-    print(f"{'measurement':44} {'rows/s':>9} {'ratio':>7}")
-    print(f"{'raw encode, batch 32 (best of before/after)':44} {raw:9.1f} {1.0:7.2f}")
-    print(f"{'Pub/Sub path, 64-row jobs':44} {big:9.1f} {big / raw:7.2f}  (target >= 0.90)")
-    print(f"{'Pub/Sub path, 1-row jobs':44} {one:9.1f} {one / raw:7.2f}  (target >= 0.75)")
-    print(f"latency at {one / 2:.0f} jobs/s (half of 1-row saturation), {len(lat)} jobs: "
-          f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, p99/p50 {p99 / p50:.2f} "
-          "(target <= 3)")  # fmt: skip
-    print(f"CPU seconds spent per process (2 cores): {'64-row':>8} {'1-row':>8}")
-    for name, (a, b) in cpu.items():
-        print(f"  {name:38} {a:8.1f} {b:8.1f}")
-    print(
-        f"  {'wall seconds of the measurement':38} {len(texts) / big:8.1f} {len(texts) / one:8.1f}"
-    )
+    load_before = os.getloadavg()[0]
+    with PubSubServer() as server:
+        reports = [run_backend(b, args, server) for b in args.backends.split(",")]
+    print(render(reports, server.kind, (load_before, os.getloadavg()[0])))
 
 
 if __name__ == "__main__":

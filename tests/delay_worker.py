@@ -56,6 +56,7 @@ class DelayModel(EmbeddingModel):
         self.info = ModelInfo(name="delay-model", path="", source="test-double")
         self.dims = dims
         self.max_seq_length = 512
+        self.streams = 1
         self.load_seconds = self.warmup_seconds = 0.0
         self.per_call = per_call
         self.per_row = per_row

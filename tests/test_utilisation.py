@@ -7,6 +7,7 @@ pipeline and model on a registry of its own, read back in Prometheus text format
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import orjson
@@ -49,6 +50,25 @@ def test_share_of_the_window_with_calls_clipped_and_running() -> None:
     clock.now += 8  # t = 32: the window 22..32 keeps 2 s of the 20..24 call
     assert meter.share() == pytest.approx(0.2)
     assert busy == [pytest.approx(1.0), pytest.approx(4.0)]
+
+
+def test_two_streams_share_is_of_both_threads_time() -> None:
+    clock = Clock()
+    meter = BusyMeter(10.0, clock=clock, threads=2)
+    clock.now += 10
+    meter.begin()  # this thread busy for the next 5 s, another thread for 2 s of them
+
+    def two_seconds() -> None:
+        meter.begin()
+        clock.now += 2
+        meter.end()
+
+    other = threading.Thread(target=two_seconds)
+    other.start()
+    other.join()
+    clock.now += 3
+    meter.end()
+    assert meter.share() == pytest.approx((5 + 2) / (2 * 10))
 
 
 def test_end_without_begin_changes_nothing() -> None:

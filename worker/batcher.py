@@ -2,7 +2,19 @@
 
 Batching is worth ~3x on this CPU for one-row jobs (raw encode: ~80 rows/s at batch 1, ~250 at
 batch 32). The batcher knows nothing of models: it is handed a blocking `encode` function and runs
-it in one executor thread so the event loop keeps receiving jobs while the model works.
+it in model threads so the event loop keeps receiving jobs while the model works.
+
+- **Streams.** Up to `streams` encode calls run at once, each in its own model thread (an ONNX
+  session runs concurrent calls safely). Two streams of one intra-op thread each keep both cores
+  busy through the Python work around a forward pass (tokenising, padding, pooling), ~1.05x
+  rows/s here, but each call then takes twice as long on one core, so a new job waits up to
+  twice as long: one stream is the default (docs/benchmarks.md, "Pub/Sub").
+- **Fairness.** A batch takes rows from jobs that have not started first (in arrival order), then
+  from started jobs in turn (round robin), so a 1-row job waits for the batches already running,
+  not behind every row of a 10,000-row job; and new jobs go out in a batch of their own, not
+  topped up with a started job's rows, so that batch is quick too. A batch of new jobs alone
+  gives the started jobs the front of the next batch, so a stream of small jobs cannot starve a
+  large one (measured in bench/pubsub.py: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -53,16 +65,23 @@ class Batcher:
         max_tokens_per_row: int = 512,
         observe: BatchObserver | None = None,
         meter: BusyMeter | None = None,
+        streams: int = 1,
     ) -> None:
+        if streams < 1:
+            raise ValueError("streams must be >= 1")
         self.max_rows = max_rows
         self.max_tokens = max_tokens
         self.max_wait = max_wait
         self.max_tokens_per_row = max_tokens_per_row
         self._observe = observe
-        self.meter = meter  # times everything the model thread runs (utilisation)
+        self.meter = meter  # times everything the model threads run (utilisation)
+        self.streams = streams
         self._queue: deque[_Request] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._executor = concurrent.futures.ThreadPoolExecutor(streams, thread_name_prefix="model")
+        self._slots: asyncio.Semaphore | None = None  # one per stream, made on the loop
+        self._running: set[asyncio.Task[None]] = set()
+        self._started_first = False  # the last batch held new jobs only: started jobs go first
         self._task: asyncio.Task[None] | None = None
         self.batches: list[int] = []  # sizes of recent encode calls (tests, debugging)
 
@@ -85,7 +104,23 @@ class Batcher:
         return await request.future
 
     async def run_in_model_thread(self, fn: Callable[[], _T]) -> _T:
-        """Work that must not overlap with encode (model load, warm-up) goes through here."""
+        """CPU work besides encode (a few-shot fit) takes a stream's turn, so it is metered and
+        never oversubscribes the cores."""
+        async with self._semaphore():
+            return await self._in_thread(fn)
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._task)
+        for task in list(self._running):
+            await cancel_and_wait(task)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.streams)
+        return self._slots
+
+    async def _in_thread(self, fn: Callable[[], _T]) -> _T:
         meter = self.meter
         if meter is None:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -99,21 +134,29 @@ class Batcher:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
 
-    async def close(self) -> None:
-        await cancel_and_wait(self._task)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
     # -----------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        slots = self._semaphore()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                await slots.acquire()  # a free stream first: rows arriving meanwhile join
                 await self._fill()
                 batch = self._take_batch()
-                if batch:
-                    await self._encode_batch(batch)
+                if not batch:
+                    slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._encode_then_free(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _encode_then_free(self, batch: list[tuple[_Request, int, int]]) -> None:
+        try:
+            await self._encode_batch(batch)
+        finally:
+            self._semaphore().release()
 
     async def _fill(self) -> None:
         """Wait up to max_wait for a partial batch to fill, never longer."""
@@ -132,20 +175,25 @@ class Batcher:
         return sum(len(r.texts) - r.next_row for r in self._queue if not r.future.done())
 
     def _take_batch(self) -> list[tuple[_Request, int, int]]:
-        """Slices (request, start, stop) up to the row and token limits, oldest job first.
+        """Slices (request, start, stop) up to the row and token limits, fairly (module doc).
 
-        Only requests sharing the first request's encode function go into one batch.
+        Only requests sharing the first candidate's encode function go into one batch.
         """
+        self._queue = deque(r for r in self._queue if not r.future.done())  # drop cancelled
+        new = [r for r in self._queue if r.next_row == 0]
+        started = [r for r in self._queue if r.next_row > 0]
+        if not new and not started:
+            return []
+        express = bool(new) and not self._started_first
+        order = new + started if express else started + new
+        encode = order[0].encode
         batch: list[tuple[_Request, int, int]] = []
         rows = tokens = 0
-        while self._queue and self._queue[0].future.done():
-            self._queue.popleft()  # cancelled by its caller
-        if not self._queue:
-            return batch
-        encode = self._queue[0].encode
-        for request in list(self._queue):
-            if request.future.done() or request.encode != encode:
+        for request in order:
+            if request.encode != encode:
                 continue
+            if express and request.next_row > 0:
+                break  # new jobs go out on their own: a 1-row job waits for one batch, not two
             start = stop = request.next_row
             while stop < len(request.texts) and rows < self.max_rows:
                 cost = min(estimate_tokens(request.texts[stop]), self.max_tokens_per_row)
@@ -155,21 +203,19 @@ class Batcher:
             if stop > start:
                 batch.append((request, start, stop))
                 request.next_row = stop
-                if stop == len(request.texts):
-                    self._queue.remove(request)
-            if (
-                rows >= self.max_rows
-                or (rows and tokens >= self.max_tokens)
-                or stop < len(request.texts)
-            ):
+                self._queue.remove(request)
+                if stop < len(request.texts):
+                    self._queue.append(request)  # round robin: to the back of the line
+            if rows >= self.max_rows or (rows and tokens >= self.max_tokens):
                 break
+        self._started_first = bool(started) and all(start == 0 for _, start, _ in batch)
         return batch
 
     async def _encode_batch(self, batch: list[tuple[_Request, int, int]]) -> None:
         texts = [t for request, a, b in batch for t in request.texts[a:b]]
         encode = batch[0][0].encode
         try:
-            vectors, counts = await self.run_in_model_thread(lambda: encode(texts))
+            vectors, counts = await self._in_thread(lambda: encode(texts))  # its stream is held
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0][0], exc)

@@ -16,6 +16,8 @@ from prometheus_client import (
     Info,
 )
 
+from worker.threads import ThreadCpuCollector
+
 # Buckets that resolve both a 5 ms single-row job and a 60 s table job.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -122,11 +124,14 @@ class WorkerMetrics:
                            registry=r)  # fmt: skip
         self.model_busy_ratio = Gauge(
             "tabular_model_busy_ratio",
-            "Share of the last TABULAR_UTILISATION_WINDOW_SECONDS the model thread spent "
-            "working (encode, few-shot fits): the instance's utilisation.", registry=r,
+            "Share of the last TABULAR_UTILISATION_WINDOW_SECONDS the model threads (one per "
+            "stream) spent working (encode, few-shot fits): the instance's utilisation.",
+            registry=r,
         )  # fmt: skip
         self.model_busy_seconds = Counter(
-            "tabular_model_busy_seconds", "Seconds the model thread spent working.", registry=r
+            "tabular_model_busy_seconds",
+            "Seconds the model threads spent working, divided by the streams (rate() <= 1).",
+            registry=r,
         )
         self.scaling_max_instances = Gauge(
             "tabular_scaling_max_instances",
@@ -148,6 +153,7 @@ class WorkerMetrics:
         self.cache_size_bytes = Gauge(
             "tabular_cache_size_bytes", "Bytes the cache's manifest accounts for.", registry=r
         )
+        r.register(ThreadCpuCollector())  # tabular_thread_cpu_seconds{group}
 
     def set_model_times(
         self, backend: str, precision: str, load_seconds: float, warmup_seconds: float

@@ -17,6 +17,7 @@ from base import logs
 from base.cache.variants import Variant
 from engine.config import is_packaged, packaged_model_dir
 from engine.encoder import Counts, Encoder, OnnxEncoder, TorchEncoder, Vectors
+from engine.session import cpu_quota
 
 log = logs.get(__name__)
 
@@ -52,9 +53,10 @@ class EmbeddingModel:
     """A loaded model behind an `engine` encoder. `encode` is blocking: run it in the model
     thread."""
 
-    def __init__(self, encoder: Encoder, info: ModelInfo) -> None:
+    def __init__(self, encoder: Encoder, info: ModelInfo, streams: int = 1) -> None:
         self.encoder = encoder
         self.info = info
+        self.streams = streams  # encode calls that may run at once (the batcher's streams)
         self.dims = encoder.dims
         self.max_seq_length = encoder.max_seq_length
         self.load_seconds = 0.0
@@ -66,6 +68,7 @@ class EmbeddingModel:
     ) -> EmbeddingModel:
         """`variant` None: the torch model at `path`; else that ONNX variant of it."""
         started = time.perf_counter()
+        tuning = tuning.resolved(onnx=variant is not None)
         encoder: Encoder
         if variant is None:
             encoder = TorchEncoder(path, tuning.max_seq_length)
@@ -78,14 +81,14 @@ class EmbeddingModel:
             info, backend=encoder.backend, precision=encoder.precision,
             variant=variant.name if variant else "",
         )  # fmt: skip
-        model = cls(encoder, info)
+        model = cls(encoder, info, tuning.streams)
         model.load_seconds = time.perf_counter() - started
         return model
 
     def relabel(self, info: ModelInfo) -> EmbeddingModel:
         """The same loaded weights under new metadata (a cache generation that did not touch
         this model's files): a hot reload without loading anything."""
-        model = EmbeddingModel(self.encoder, info)
+        model = EmbeddingModel(self.encoder, info, self.streams)
         model.load_seconds, model.warmup_seconds = self.load_seconds, self.warmup_seconds
         return model
 
@@ -105,8 +108,17 @@ class EmbeddingModel:
 
 @dataclass(frozen=True)
 class Tuning:
-    """How the encoder runs (TABULAR_INFERENCE_THREADS, _SPIN, TABULAR_MAX_SEQ_LENGTH)."""
+    """How the encoder runs (TABULAR_INFERENCE_THREADS, _SPIN, TABULAR_MODEL_STREAMS,
+    TABULAR_MAX_SEQ_LENGTH)."""
 
-    threads: int = 0  # 0: the CPU quota
+    threads: int = 0  # per stream; 0: the CPU quota divided by the streams
     spin: bool = False
     max_seq_length: int = 0  # 0: the model's own
+    streams: int = 1  # encode calls at once (ONNX only: torch's threads are process-wide)
+
+    def resolved(self, onnx: bool) -> Tuning:
+        """Streams and threads per stream made concrete for a backend and this CPU quota."""
+        quota = cpu_quota()
+        streams = max(1, self.streams) if onnx else 1
+        threads = self.threads or max(1, quota // streams)
+        return dataclasses.replace(self, streams=streams, threads=threads)

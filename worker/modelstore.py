@@ -266,7 +266,10 @@ def load_cached(
 def _load_warm(
     settings: WorkerSettings, path: Path | str, info: ModelInfo, variant: Variant | None
 ) -> EmbeddingModel:
-    tuning = Tuning(settings.inference_threads, settings.inference_spin, settings.max_seq_length)
+    tuning = Tuning(
+        settings.inference_threads, settings.inference_spin, settings.max_seq_length,
+        settings.model_streams,
+    )  # fmt: skip
     model = EmbeddingModel.load(path, dataclasses.replace(info, path=str(path)), variant, tuning)
     model.warm_up()
     return model
@@ -454,6 +457,7 @@ def _log_loaded(model: EmbeddingModel) -> None:
             "backend": model.info.backend,
             "precision": model.info.precision,
             "variant": model.info.variant,
+            "streams": model.streams,
             "load_seconds": round(model.load_seconds, 3),
             "warmup_seconds": round(model.warmup_seconds, 3),
             "dims": model.dims,

@@ -55,6 +55,7 @@ class Pipeline:
         self.meter = BusyMeter(
             settings.utilisation_window_seconds,
             on_busy=metrics.model_busy_seconds.inc if metrics is not None else None,
+            threads=model.streams,
         )
         if metrics is not None:
             metrics.model_busy_ratio.set_function(self.meter.share)
@@ -65,6 +66,7 @@ class Pipeline:
             max_tokens_per_row=model.max_seq_length,
             observe=self._observe_batch,
             meter=self.meter,
+            streams=model.streams,
         )
 
     async def close(self) -> None:

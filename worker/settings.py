@@ -36,7 +36,15 @@ class WorkerSettings(CommonSettings):
         "that ONNX variant even if it failed the gate (with a warning).",
     )
     inference_threads: int = setting(
-        "TABULAR_INFERENCE_THREADS", 0, "Intra-op threads of the ONNX session (0: the CPU quota)."
+        "TABULAR_INFERENCE_THREADS",
+        0,
+        "Intra-op threads of each ONNX stream (0: the CPU quota divided by the streams).",
+    )
+    model_streams: int = setting(
+        "TABULAR_MODEL_STREAMS",
+        1,
+        "ONNX encode calls run at once, each on CPU quota / streams threads (2: ~5 % more rows/s "
+        "on 2 vCPUs, twice the wait for a new job behind a large one). Torch always runs 1.",
     )
     inference_spin: bool = setting(
         "TABULAR_INFERENCE_SPIN",
@@ -183,7 +191,7 @@ class WorkerSettings(CommonSettings):
             raise SettingsError("TABULAR_INFERENCE_BACKEND must be auto, onnx or torch")
         if self.inference_precision not in ("auto", "fp32", "int8"):
             raise SettingsError("TABULAR_INFERENCE_PRECISION must be auto, fp32 or int8")
-        if self.inference_threads < 0 or self.max_seq_length < 0:
+        if min(self.inference_threads, self.max_seq_length) < 0:
             raise SettingsError("TABULAR_INFERENCE_THREADS and TABULAR_MAX_SEQ_LENGTH must be >= 0")
         if self.model_load_strategy not in ("copy", "mount"):
             raise SettingsError("TABULAR_MODEL_LOAD_STRATEGY must be 'copy' or 'mount'")
@@ -193,7 +201,7 @@ class WorkerSettings(CommonSettings):
         self.require_positive(
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
             "model_copy_readers", "max_row_text_chars", "max_job_text_chars", "max_job_scores",
-            "max_result_bytes", "utilisation_window_seconds",
+            "max_result_bytes", "utilisation_window_seconds", "model_streams",
         )  # fmt: skip
         if self.scaling_max_instances < 0:
             raise SettingsError("TABULAR_SCALING_MAX_INSTANCES must be 0 (not known) or more")
