@@ -47,6 +47,7 @@ from engine.encoder import Encoder, OnnxEncoder, TorchEncoder  # noqa: E402
 from harness.pubsub import PubSubEnv, PubSubServer, make_subscriber  # noqa: E402
 from harness.worker_proc import WorkerProcess  # noqa: E402
 from worker.rowtext import row_text  # noqa: E402
+from worker.threads import stat_cpu_seconds  # noqa: E402
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 BATCH_ROWS = 64  # the worker's TABULAR_BATCH_MAX_ROWS default
@@ -93,10 +94,8 @@ def rows_per_second(encoder: Encoder, texts: list[str]) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user+system CPU of a process and its reaped children (/proc/PID/stat), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(f) for f in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """user+system CPU of a process and its reaped children, in seconds."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), children=True)
 
 
 def group_cpu(pgid: int) -> float:

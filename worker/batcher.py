@@ -182,7 +182,7 @@ class Batcher:
         self._queue = deque(r for r in self._queue if not r.future.done())  # drop cancelled
         new = [r for r in self._queue if r.next_row == 0]
         started = [r for r in self._queue if r.next_row > 0]
-        if not new and not started:
+        if not self._queue:
             return []
         express = bool(new) and not self._started_first
         order = new + started if express else started + new

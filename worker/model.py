@@ -118,7 +118,6 @@ class Tuning:
 
     def resolved(self, onnx: bool) -> Tuning:
         """Streams and threads per stream made concrete for a backend and this CPU quota."""
-        quota = cpu_quota()
         streams = max(1, self.streams) if onnx else 1
-        threads = self.threads or max(1, quota // streams)
+        threads = self.threads or max(1, cpu_quota() // streams)
         return dataclasses.replace(self, streams=streams, threads=threads)

@@ -49,6 +49,12 @@ def group_of(python_name: str | None, os_name: str) -> str:
     return "native compute"  # onnxruntime's / torch's intra-op pools, numpy's BLAS
 
 
+def stat_cpu_seconds(stat: str, *, children: bool = False) -> float:
+    """User + system seconds in a `/proc/.../stat` line (plus its reaped children's)."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(f) for f in fields[11 : 15 if children else 13]) / _TICK
+
+
 def thread_cpu_seconds(proc: Path = Path("/proc/self/task")) -> dict[str, float]:
     """CPU seconds (user + system) of the live threads of this process, by group."""
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
@@ -63,10 +69,8 @@ def thread_cpu_seconds(proc: Path = Path("/proc/self/task")) -> dict[str, float]
         except OSError:
             continue  # exited while we looked
         os_name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
         group = group_of(names.get(int(task.name)), os_name)
-        totals[group] = totals.get(group, 0.0) + seconds
+        totals[group] = totals.get(group, 0.0) + stat_cpu_seconds(stat)
     return totals
 
 
