@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # harness/, when run as `python bench/image.py`
+    sys.path.insert(0, str(ROOT))
 IMAGE_TEST = ROOT / "docker" / "image-test.sh"
 MARK_START = "<!-- image-bench:start -->"
 MARK_END = "<!-- image-bench:end -->"
