@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from typing import BinaryIO
 
@@ -102,6 +103,8 @@ def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from worker import local
 
     concurrency = args.concurrency or settings.max_in_flight_jobs
+    if not settings.output_root:  # like the data root: files land under the working directory
+        settings = dataclasses.replace(settings, output_root=".")
     output: BinaryIO
     if args.output:
         output = open(args.output, "wb")
