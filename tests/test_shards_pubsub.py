@@ -44,7 +44,7 @@ def _table(path: Path) -> None:
     )  # fmt: skip
 
 
-JOB = {"job_id": "catalogue-1", "type": "embed", "source": {"path": "catalogue.parquet"},
+JOB: dict[str, Any] = {"job_id": "catalogue-1", "type": "embed", "source": {"path": "catalogue.parquet"},
        "text": {"columns": ["title", "price"]},
        "output": {"path": "catalogue-emb", "columns": ["sku"]}}  # fmt: skip
 
@@ -139,3 +139,30 @@ def test_three_workers_share_one_large_job(
     a = np.asarray(got.column("embedding").to_pylist(), np.float32)
     b = np.asarray(expected.column("embedding").to_pylist(), np.float32)
     assert np.allclose(a, b, atol=1e-4), "the same vectors as a one-worker run"
+
+
+def test_submit_sends_one_source_job_and_follows_its_progress(
+    pubsub: PubSubEnv, workers_factory: Any, tmp_path: Path
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    for d in (data, out):
+        d.mkdir()
+    _table(data / "catalogue.parquet")
+    workers_factory(pubsub, data, out, count=1)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "submit", "--source", "catalogue.parquet",
+         "--output-path", "via-submit", "--columns", "sku", "--template", "{title}",
+         "--job-prefix", "submitted-1", "--wait", "--results-subscription",
+         pubsub.results_subscription_id, "--timeout", "240"],
+        env=WorkerProcess(pubsub.env(), tmp_path / "x").env, cwd=ROOT, capture_output=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    (final,) = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert final["job_id"] == "submitted-1" and final["status"] == "ok"
+    assert final["output"]["rows"] == ROWS and final["output"]["parts"] == ROWS // SHARD_ROWS
+    logs = [orjson.loads(line) for line in done.stderr.splitlines()]
+    progress = [e["parts_done"] for e in logs if e["message"] == "Progress" and "parts_done" in e]
+    assert progress and progress == sorted(progress) and max(progress) >= 1
+    assert (out / "via-submit" / "_SUCCESS").is_file()
+    assert pq.read_table(out / "via-submit").num_rows == ROWS

@@ -90,17 +90,8 @@ def iter_jobs(opts: SubmitOptions) -> Iterator[dict[str, Any]]:
     prefix = opts.job_prefix or f"submit-{uuid.uuid4().hex[:8]}"
     columns, rows = _table_rows(path, fmt)
     for n, chunk in enumerate(_chunks(rows, opts.rows_per_job)):
-        job: dict[str, Any] = {
-            "job_id": f"{prefix}-{n:06d}",
-            "type": opts.type,
-            "table": {"columns": columns, "rows": chunk},
-        }
-        if opts.template:
-            job["text"] = {"template": opts.template}
-        if opts.type == "classify":
-            job["labels"] = opts.labels
-            job["method"] = opts.method
-        yield job
+        job = {"job_id": f"{prefix}-{n:06d}", "table": {"columns": columns, "rows": chunk}}
+        yield _with_options(job, opts)
 
 
 def _table_rows(path: Path, fmt: str) -> tuple[list[str], Iterator[list[Any]]]:
@@ -129,12 +120,17 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _source_job(opts: SubmitOptions) -> dict[str, Any]:
-    job: dict[str, Any] = {
+    job = {
         "job_id": opts.job_prefix or f"submit-{uuid.uuid4().hex[:8]}",
-        "type": opts.type,
         "source": {"path": opts.source},
         "output": {"path": opts.output_path, "columns": opts.columns},
     }
+    return _with_options(job, opts)
+
+
+def _with_options(job: dict[str, Any], opts: SubmitOptions) -> dict[str, Any]:
+    """The job's type, text template and classification fields from the command line."""
+    job["type"] = opts.type
     if opts.template:
         job["text"] = {"template": opts.template}
     if opts.type == "classify":
