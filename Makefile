@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Everything installs from requirements.lock.
+# The README's two commands: `make demo` and `make test`. Everything installs from requirements.lock
+# (the development lock: both programs and the test tools; `make locks` derives the images' locks).
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -8,14 +9,14 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 APT_PACKAGES := prometheus prometheus-pushgateway
 
-.PHONY: demo test lint typecheck pytest venv apt-deps bench bench-cache bench-pubsub clean
+.PHONY: demo test lint typecheck pytest venv apt-deps bench bench-cache bench-pubsub clean locks
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock torch==2.13.0
-	$(BIN)/pip install -q -c requirements.lock -e '.[test]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[sync,test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -48,6 +49,10 @@ pytest: venv apt-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# requirements-worker.lock and requirements-sync.lock (the images) from requirements.lock.
+locks: venv
+	$(BIN)/python docker/locks.py
 
 bench: venv
 	$(BIN)/python bench/pipeline.py

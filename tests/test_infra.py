@@ -355,6 +355,7 @@ def test_worker_service(resources: Resources) -> None:
     template = _get(svc, "template")
     worker, sidecar = _containers(svc, "template", "containers")
     assert _get(worker, "args") == ["tabular-worker", "serve"]
+    assert _get(worker, "image") == "${local.worker_image}", "the torch-free worker image"
     assert _get(worker, "resources", "cpu_idle") is False
     assert _get(worker, "volume_mounts", "mount_path") == "/models"
     assert _get(worker, "startup_probe", "http_get", "path") == "/readyz"
@@ -378,6 +379,9 @@ def test_sync_listener_and_job(resources: Resources) -> None:
         "tabular-sync",
         "listen",
     ]
+    assert _get(_containers(listener, "template", "containers")[0], "image") == (
+        "${local.sync_image}"
+    )
     assert _get(_gcs_volume(template), "read_only") is False
 
     job = resources["google_cloud_run_v2_job"]["model_sync"]
@@ -385,6 +389,10 @@ def test_sync_listener_and_job(resources: Resources) -> None:
     inner = _get(job, "template", "template")
     assert _get(inner, "service_account") == "${google_service_account.sync.email}"
     assert _get(inner, "containers", "args") == ["tabular-sync", "once"]
+    assert _get(inner, "containers", "image") == "${local.sync_image}"
+    storage = _tf_text()["storage.tf"]
+    assert re.search(r'worker_image\s*=\s*"\$\{local\.registry\}/tabular-worker:', storage)
+    assert re.search(r'sync_image\s*=\s*"\$\{local\.registry\}/tabular-sync:', storage)
     assert _get(_gcs_volume(inner), "read_only") is False
 
 
@@ -515,7 +523,12 @@ def _context_files(root: Path) -> tuple[set[str], int]:
 def test_build_context_is_small() -> None:
     names, size = _context_files(ROOT)
     assert size < MAX_CONTEXT_BYTES, f"build context is {size} bytes"
-    for needed in ("pyproject.toml", "requirements.lock", "docker/entrypoint.sh"):
+    for needed in (
+        "pyproject.toml",
+        "requirements-worker.lock",
+        "requirements-sync.lock",
+        "docker/entrypoint.sh",
+    ):
         assert needed in names, f"{needed} is excluded from the build context"
 
 
@@ -523,7 +536,8 @@ def test_dockerignore_excludes_heavy_and_private_files(tmp_path: Path) -> None:
     (tmp_path / ".dockerignore").write_text((ROOT / ".dockerignore").read_text())
     keep = [
         "pyproject.toml",
-        "requirements.lock",
+        "requirements-worker.lock",
+        "requirements-sync.lock",
         "worker/__init__.py",
         "worker/cli.py",
         "sync/cli.py",

@@ -3,9 +3,14 @@ output "tabular_model_cache_bucket_name" {
   value       = google_storage_bucket.model_cache.name
 }
 
-output "image" {
-  description = "Image reference the Cloud Run resources run."
-  value       = local.image
+output "worker_image" {
+  description = "Image the worker (service or worker pool) runs: torch-free, serves ONNX variants."
+  value       = local.worker_image
+}
+
+output "sync_image" {
+  description = "Image the sync listener and the sync job run: exports and gates ONNX variants."
+  value       = local.sync_image
 }
 
 output "worker_service_account" {

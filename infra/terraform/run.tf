@@ -1,5 +1,5 @@
-# One image, three commands: the worker (a worker pool, workerpool.tf, or the service below),
-# the sync listener and the sync job.
+# Two images, three commands: the worker image runs the worker (a worker pool, workerpool.tf, or
+# the service below); the sync image runs the sync listener and the sync job.
 
 locals {
   # worker_runtime picks one of the two forms of the pull worker; both run the same container.
@@ -64,7 +64,7 @@ resource "google_cloud_run_v2_service" "worker" {
 
     containers {
       name  = "worker"
-      image = local.image
+      image = local.worker_image
       args  = ["tabular-worker", "serve"]
 
       ports {
@@ -161,7 +161,7 @@ resource "google_cloud_run_v2_service" "sync_listener" {
 
     containers {
       name  = "sync"
-      image = local.image
+      image = local.sync_image
       args  = ["tabular-sync", "listen"]
 
       ports {
@@ -241,7 +241,7 @@ resource "google_cloud_run_v2_job" "model_sync" {
       max_retries           = 1
 
       containers {
-        image = local.image
+        image = local.sync_image
         args  = ["tabular-sync", "once"]
 
         resources {

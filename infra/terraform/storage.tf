@@ -66,7 +66,11 @@ resource "google_artifact_registry_repository" "tabular" {
 }
 
 locals {
-  image = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.tabular.repository_id}/tabular:${var.image_tag}"
+  # Two images of Dockerfile.tabular (docs/deploy.md, "Which image runs where"): the torch-free
+  # worker, and the sync image (the worker's layers plus torch) for the listener and the job.
+  registry     = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.tabular.repository_id}"
+  worker_image = "${local.registry}/tabular-worker:${var.image_tag}"
+  sync_image   = "${local.registry}/tabular-sync:${var.image_tag}"
 
   # Cloud Managed Service for Prometheus sidecar for Cloud Run: scrapes :8080/metrics of the
   # container it depends on and writes prometheus.googleapis.com/tabular_* time series.

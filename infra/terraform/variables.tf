@@ -16,13 +16,13 @@ variable "bucket_name" {
 }
 
 variable "artifact_repository_id" {
-  description = "Artifact Registry Docker repository that holds the tabular image."
+  description = "Artifact Registry Docker repository that holds the tabular-worker and tabular-sync images."
   type        = string
   default     = "tabular"
 }
 
 variable "image_tag" {
-  description = "Tag of the tabular image to deploy ($SHORT_SHA from Cloud Build, or latest)."
+  description = "Tag of the tabular-worker and tabular-sync images to deploy ($SHORT_SHA from Cloud Build, or latest)."
   type        = string
   default     = "latest"
 }

@@ -19,7 +19,7 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
 
     containers {
       name  = "worker"
-      image = local.image
+      image = local.worker_image
       args  = ["tabular-worker", "serve"]
 
       resources {
