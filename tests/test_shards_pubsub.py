@@ -44,9 +44,13 @@ def _table(path: Path) -> None:
     )  # fmt: skip
 
 
-JOB: dict[str, Any] = {"job_id": "catalogue-1", "type": "embed", "source": {"path": "catalogue.parquet"},
-       "text": {"columns": ["title", "price"]},
-       "output": {"path": "catalogue-emb", "columns": ["sku"]}}  # fmt: skip
+JOB: dict[str, Any] = {
+    "job_id": "catalogue-1",
+    "type": "embed",
+    "source": {"path": "catalogue.parquet"},
+    "text": {"columns": ["title", "price"]},
+    "output": {"path": "catalogue-emb", "columns": ["sku"]},
+}
 
 
 def _local_run(data: Path, out: Path) -> pa.Table:
