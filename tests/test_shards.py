@@ -63,6 +63,27 @@ async def test_parquet_in_gives_the_vectors_of_the_same_rows_inline(
     assert got.column("sku").to_pylist() == [r["sku"] for r in rows]
 
 
+async def test_a_small_parquet_source_answers_in_the_message(
+    make_pipeline: PipelineFactory, tmp_path: Path
+) -> None:
+    """Without output.path a Parquet source is read whole (within the job limits), like CSV."""
+    rows = _catalogue(tmp_path / "cat.parquet", 5)
+    pipeline = make_pipeline()
+    result = await _handle(pipeline, {"job_id": "s", "type": "embed",
+                                      "source": {"path": "cat.parquet"}})  # fmt: skip
+    assert result["status"] == "ok" and result["rows"] == 5, result
+    columns = list(rows[0])
+    cells = [[r[c].isoformat() if isinstance(r[c], dt.date) else r[c] for c in columns]
+             for r in rows]  # fmt: skip
+    inline = {"job_id": "i", "type": "embed", "table": {"columns": columns, "rows": cells}}
+    expected = decode_vectors((await _handle(pipeline, inline))["embeddings"])
+    assert np.allclose(decode_vectors(result["embeddings"]), expected, atol=1e-5)
+    small = make_pipeline(max_rows_per_job=4)
+    refused = await _handle(small, {"job_id": "t", "type": "embed",
+                                    "source": {"path": "cat.parquet"}})  # fmt: skip
+    assert refused["error"]["code"] == "too_many_rows"
+
+
 async def test_a_sharded_job_writes_every_row_once_and_success_last(
     make_pipeline: PipelineFactory, tmp_path: Path
 ) -> None:

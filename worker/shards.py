@@ -28,12 +28,12 @@ import orjson
 from base import logs
 from engine.heads import Prediction
 from worker.errors import JobError
-from worker.jobs import Job, Limits, ShardSpec, cell_problem, text_fields
+from worker.jobs import Job, Limits, ShardSpec, cell_problem
 from worker.parts import OutputDir, resolve_output
 from worker.results import Outcome, Vectors
 from worker.rowtext import Cell, row_text_length
 from worker.sources import resolve_source
-from worker.tables import Plan, Shard, plan, read_shard
+from worker.tables import Plan, Shard, plan, read_shard, usable_columns
 
 log = logs.get(__name__)
 
@@ -95,24 +95,14 @@ class TableJob:
     # -----------------------------------------------------------------------------------------
 
     def _columns(self, table: Plan) -> list[str]:
-        """The columns shards read: the text's and the copied ones must exist and have a text
-        form; Parquet columns without one are left out when nothing uses them."""
-        used = text_fields(self.job)
-        missing = sorted(set(used or []) - set(table.columns))
-        if missing:
-            raise JobError("invalid_template", f"unknown column(s) in text: {missing}")
+        columns = usable_columns(self.job, table)
         absent = sorted(set(self.job.output_columns) - set(table.columns))
         if absent:
             raise JobError("invalid_field", f"output.columns not in the source: {absent}")
-        needed = set(table.columns if used is None else used) | set(self.job.output_columns)
-        refused = sorted(needed & set(table.unsupported))
+        refused = sorted(set(self.job.output_columns) & set(table.unsupported))
         if refused:
-            raise JobError(
-                "unsupported_column",
-                f"column(s) {refused} are lists, structs, maps or binary: they have no text form "
-                "(name the text's columns with text.columns or text.template to leave them out)",
-            )
-        return [c for c in table.columns if c not in table.unsupported]
+            raise JobError("unsupported_column", f"output.columns {refused} have no text form")
+        return columns
 
     def _split(self, table: Plan, columns: list[str]) -> Outcome:
         count = len(table.shards)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from worker.errors import JobError
-from worker.jobs import parse_columns
+from worker.jobs import Job, parse_columns, text_fields
 from worker.jsonvalue import parse
 from worker.rowtext import Cell
 
@@ -81,6 +81,24 @@ def read_shard(target: Path, fmt: str, columns: list[str], shard: Shard) -> tupl
         return _read_text(target, fmt, columns, shard)
     except OSError as exc:
         raise JobError("source_unreadable", f"source file cannot be read: {exc}") from None
+
+
+def usable_columns(job: Job, table: Plan) -> list[str]:
+    """The columns to read: those with a text form. Columns the job's text names must exist
+    (`invalid_template`); a column without a text form that the text uses (the default text uses
+    them all) is `unsupported_column`, one it leaves out is left out."""
+    used = text_fields(job)
+    missing = sorted(set(used or []) - set(table.columns))
+    if missing:
+        raise JobError("invalid_template", f"unknown column(s) in text: {missing}")
+    refused = sorted(set(table.columns if used is None else used) & set(table.unsupported))
+    if refused:
+        raise JobError(
+            "unsupported_column",
+            f"column(s) {refused} are lists, structs, maps or binary: they have no text form "
+            "(name the text's columns with text.columns or text.template to leave them out)",
+        )
+    return [c for c in table.columns if c not in table.unsupported]
 
 
 def _split(rows: int, shard_rows: int) -> list[tuple[int, int]]:
