@@ -124,7 +124,10 @@ def test_three_workers_share_one_large_job(
 
     workers = workers_factory(env, data, out)
     env.publish_job(orjson.dumps(JOB), job_id=JOB["job_id"])
-    results = _follow(env, 300, workers[1] if server.endswith("kill") else None)
+    killed = workers[1] if server.endswith("kill") else None
+    results = _follow(env, 300, killed)
+    if killed is not None:
+        assert killed.proc is not None and killed.proc.wait(10) == -signal.SIGKILL
 
     running = [r for r in results if r["job_id"] == JOB["job_id"] and r["status"] == "running"]
     assert running and running[0]["progress"] == {"parts_done": 0, "parts": ROWS // SHARD_ROWS}
