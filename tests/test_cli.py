@@ -105,7 +105,7 @@ def test_summary_format_is_a_readable_table_not_numbers(tmp_path: Path) -> None:
         "billing", "technical", "shipping", "billing"]  # fmt: skip
     assert "not-a-valid-job: error unknown_type: type must be one of" in text
     written = "classify-tickets-parquet: ok, classify, 1500 rows written to .cache/demo/"
-    assert written + "tickets-classified/ (1 Parquet parts, 0 rows with errors)" in text
+    assert written + "tickets-classified/ (1 Parquet part, 0 rows with errors)" in text
     assert len(lines) < 30
 
 

@@ -34,7 +34,8 @@ def summary(result: dict[str, Any]) -> str:
     if output:  # results written as files (docs/jobs.md, "Tables of any size")
         return (
             f"{job}: ok, {result.get('type')}, {output.get('rows')} rows written to "
-            f"{output.get('path')}/ ({output.get('parts')} Parquet parts, "
+            f"{output.get('path')}/ ({output.get('parts')} Parquet "
+            f"part{'' if output.get('parts') == 1 else 's'}, "
             f"{output.get('errors')} rows with errors){took}\n"
             f"  read it: pyarrow.parquet.read_table({str(output.get('path'))!r})\n"
         )
