@@ -34,9 +34,13 @@ DEMO_MODEL := .cache/models/all-MiniLM-L6-v2
 $(DEMO_MODEL)/onnx/variants.json: $(VENV)/.installed
 	$(BIN)/tabular-sync export --model all-MiniLM-L6-v2 --out $(DEMO_MODEL)
 
+# One of the jobs reads examples/data/tickets.parquet (made by examples/make_tickets.py) and writes
+# its results as Parquet parts under .cache/demo/ (three shards of 500 rows); the last command
+# reads them back.
 demo: $(VENV)/.installed $(DEMO_MODEL)/onnx/variants.json
-	TABULAR_EMBEDDING_MODEL=$(DEMO_MODEL) $(BIN)/tabular-worker run --input examples/jobs.jsonl \
-		--format summary
+	TABULAR_EMBEDDING_MODEL=$(DEMO_MODEL) TABULAR_SHARD_ROWS=500 $(BIN)/tabular-worker run \
+		--input examples/jobs.jsonl --format summary
+	$(BIN)/python examples/read_output.py .cache/demo/tickets-classified
 
 lint: venv
 	$(BIN)/ruff check .
@@ -57,6 +61,7 @@ locks: venv
 bench: venv
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/tables.py
 
 bench-cache: venv
 	$(BIN)/python bench/cache.py --repeat 7

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +31,9 @@ def assert_json_stderr(stderr: bytes) -> None:
         assert entry["severity"] and entry["message"], line
 
 
-def test_run_examples_prints_one_result_per_job() -> None:
-    proc = run_cli("run", "--input", "examples/jobs.jsonl")
+def test_run_examples_prints_one_result_per_job(tmp_path: Path) -> None:
+    env = {"TABULAR_OUTPUT_ROOT": str(tmp_path), "TABULAR_SHARD_ROWS": "500"}
+    proc = run_cli("run", "--input", "examples/jobs.jsonl", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_json_stderr(proc.stderr)
     results = [orjson.loads(line) for line in proc.stdout.splitlines()]
@@ -42,6 +44,19 @@ def test_run_examples_prints_one_result_per_job() -> None:
     assert by_id["embed-products-file"]["rows"] == 6
     tickets = by_id["classify-tickets-zero-shot"]["predictions"]
     assert [p["label"] for p in tickets] == ["billing", "technical", "shipping", "billing"]
+    parquet = by_id["classify-tickets-parquet"]
+    assert parquet["output"] == {"path": ".cache/demo/tickets-classified", "parts": 3,
+                                 "rows": 1500, "errors": 0}  # fmt: skip
+    out = pq.read_table(tmp_path / ".cache/demo/tickets-classified")
+    assert out.column_names == ["row", "ticket_id", "opened", "label", "score", "scores", "error"]
+    by_subject = {
+        "billing": "Charged twice", "shipping": "Parcel", "technical": "App crashes"
+    }  # fmt: skip
+    source = pq.read_table(ROOT / "examples/data/tickets.parquet").to_pylist()
+    labels = dict(zip(out.column("row").to_pylist(), out.column("label").to_pylist(), strict=True))
+    for label, start in by_subject.items():
+        rows = [i for i, r in enumerate(source) if r["subject"].startswith(start)]
+        assert rows and all(labels[i] == label for i in rows), label
 
 
 def test_run_stdin_to_output_file_with_garbage_lines(tmp_path: Path) -> None:
@@ -75,9 +90,10 @@ def test_missing_input_file() -> None:
     assert_json_stderr(proc.stderr)
 
 
-def test_summary_format_is_a_readable_table_not_numbers() -> None:
+def test_summary_format_is_a_readable_table_not_numbers(tmp_path: Path) -> None:
     """`make demo` runs this: labels and scores per row, vector shapes and a norm check."""
-    proc = run_cli("run", "--input", "examples/jobs.jsonl", "--format", "summary")
+    proc = run_cli("run", "--input", "examples/jobs.jsonl", "--format", "summary",
+                   env={"TABULAR_OUTPUT_ROOT": str(tmp_path)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout.decode()
     assert "[0." not in text and "data" not in text, "no vectors on the terminal"
@@ -88,6 +104,8 @@ def test_summary_format_is_a_readable_table_not_numbers() -> None:
     assert [line.split()[2] for line in lines if line.startswith("  row ")][:4] == [
         "billing", "technical", "shipping", "billing"]  # fmt: skip
     assert "not-a-valid-job: error unknown_type: type must be one of" in text
+    written = "classify-tickets-parquet: ok, classify, 1500 rows written to .cache/demo/"
+    assert written + "tickets-classified/ (1 Parquet part, 0 rows with errors)" in text
     assert len(lines) < 30
 
 

@@ -204,8 +204,13 @@ def test_storage_grants_are_bucket_scoped(resources: Resources) -> None:
     block = block[: block.index("\n}\n")]
     roles = set(re.findall(r'"(roles/[^"]+)"', block))
     assert roles == {"roles/monitoring.metricWriter", "roles/logging.logWriter"}
+    buckets = {
+        "worker_data_reader": "${var.data_bucket_name}",
+        "worker_output_writer": "${var.output_bucket_name}",
+    }
     for name, body in resources["google_storage_bucket_iam_member"].items():
-        assert _get(body, "bucket") == "${google_storage_bucket.model_cache.name}", name
+        want = buckets.get(name, "${google_storage_bucket.model_cache.name}")
+        assert _get(body, "bucket") == want, name
 
 
 def _grants(resources: Resources, member_ref: str) -> set[tuple[str, str, str]]:
@@ -238,7 +243,40 @@ def test_worker_least_privilege(resources: Resources) -> None:
             "roles/pubsub.publisher",
             "${google_pubsub_topic.results.name}",
         ),
+        (  # shard jobs of a large table (docs/jobs.md, "Sharding")
+            "google_pubsub_topic_iam_member",
+            "roles/pubsub.publisher",
+            "${google_pubsub_topic.jobs.name}",
+        ),
+        (  # only when data_bucket_name is set (count)
+            "google_storage_bucket_iam_member",
+            "roles/storage.objectViewer",
+            "${var.data_bucket_name}",
+        ),
+        (  # only when output_bucket_name is set (count)
+            "google_storage_bucket_iam_member",
+            "roles/storage.objectUser",
+            "${var.output_bucket_name}",
+        ),
     }
+
+
+def test_table_buckets_are_optional_mounts_with_bucket_scoped_grants(
+    resources: Resources,
+) -> None:
+    grants = resources["google_storage_bucket_iam_member"]
+    assert _get(grants["worker_data_reader"], "count") == '${var.data_bucket_name == "" ? 0 : 1}'
+    assert _get(grants["worker_output_writer"], "count") == (
+        '${var.output_bucket_name == "" ? 0 : 1}'
+    )
+    run = _tf_text()["run.tf"]
+    flat = " ".join(run.split())
+    assert 'name = "data" bucket = var.data_bucket_name read_only = true path = "/data"' in flat
+    assert 'name = "output" bucket = var.output_bucket_name read_only = false' in flat
+    assert '{ TABULAR_DATA_ROOT = "/data" }' in run and '{ TABULAR_OUTPUT_ROOT = "/output" }' in run
+    assert "only-dir=${var.output_prefix}" in run
+    for text in (run, _tf_text()["workerpool.tf"]):
+        assert text.count("for_each = local.table_volumes") >= 2  # volumes and their mounts
 
 
 def test_sync_least_privilege(resources: Resources) -> None:

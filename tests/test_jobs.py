@@ -102,7 +102,8 @@ def _write(root: Path, name: str, data: bytes) -> None:
         ("missing.csv", "source_not_found"),
         ("binary.csv", "source_unreadable"),
         ("latin1.csv", "source_unreadable"),
-        ("table.parquet", "unsupported_format"),
+        ("table.parquet", "source_unreadable"),  # "PAR1" alone: not a whole Parquet file
+        ("table.xlsx", "unsupported_format"),
         ("empty.csv", "empty_table"),
         ("ragged.csv", "ragged_rows"),
         ("notobjects.jsonl", "source_unreadable"),

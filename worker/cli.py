@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from typing import BinaryIO
 
@@ -31,7 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("serve", help="pull jobs from Pub/Sub, publish results (see README)")
     submit = sub.add_parser("submit", help="publish a table as jobs; --wait gathers results")
-    submit.add_argument("--input", required=True, help="CSV/JSONL table, or a jobs file")
+    what = submit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", help="CSV/JSONL table, or a jobs file (read by this client)")
+    what.add_argument(
+        "--source",
+        help="a file under the workers' TABULAR_DATA_ROOT (CSV, JSONL, Parquet): one job that "
+        "writes Parquet parts to --output-path (docs/jobs.md, 'Tables of any size')",
+    )
+    submit.add_argument("--output-path", default="", help="with --source: the output directory")
+    submit.add_argument("--columns", default="", help="with --source: input columns to copy")
     submit.add_argument(
         "--format",
         default="auto",
@@ -85,7 +94,9 @@ def _submit(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from worker.submit import SubmitOptions, submit
 
     opts = SubmitOptions(
-        input=args.input, format=args.format, type=args.type, rows_per_job=args.rows_per_job,
+        input=args.input or "", source=args.source or "", output_path=args.output_path,
+        columns=[x for x in args.columns.split(",") if x], format=args.format, type=args.type,
+        rows_per_job=args.rows_per_job,
         labels=[x for x in args.labels.split(",") if x], method=args.method,
         template=args.template, job_prefix=args.job_prefix, wait=args.wait,
         results_subscription=args.results_subscription, output=args.output,
@@ -102,6 +113,8 @@ def _run(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from worker import local
 
     concurrency = args.concurrency or settings.max_in_flight_jobs
+    if not settings.output_root:  # like the data root: files land under the working directory
+        settings = dataclasses.replace(settings, output_root=".")
     output: BinaryIO
     if args.output:
         output = open(args.output, "wb")

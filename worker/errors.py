@@ -8,7 +8,9 @@ silence.
 from __future__ import annotations
 
 # Codes whose jobs may succeed when retried: the transport nacks them (until the last attempt).
-RETRYABLE_CODES = frozenset({"llm_unavailable", "llm_timeout", "model_unavailable", "internal"})
+RETRYABLE_CODES = frozenset(
+    {"llm_unavailable", "llm_timeout", "model_unavailable", "internal", "output_full"}
+)
 
 
 class JobError(Exception):

@@ -24,8 +24,9 @@ METHODS: tuple[str, ...] = ("auto", "zero_shot", "few_shot", "llm")
 EMBEDDING_FORMATS: tuple[str, ...] = ("base64", "list", "none")
 _TOP_LEVEL = {
     "version", "job_id", "type", "table", "source", "text", "labels", "examples", "method",
-    "min_score", "output",
+    "min_score", "output", "shard",
 }  # fmt: skip
+SOURCE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
 MAX_JOB_ID_CHARS = 256
 
 
@@ -40,6 +41,24 @@ class Limits:
     max_job_text_chars: int = 20_000_000
     max_scores: int = 1_000_000
     max_result_bytes: int = 100_000_000
+    shard_rows: int = 10_000  # rows per shard of a job that writes files
+    max_source_rows: int = 100_000_000  # rows of a source job that writes files
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard of a job that writes files: rows [start, stop) of the source, the bytes they
+    fill (text formats), the columns the whole table has. Made by the worker that split the
+    job (worker.shards); `of` is that job's id, which owns the output directory."""
+
+    of: str
+    index: int
+    count: int
+    start: int
+    stop: int
+    offset: int
+    end: int
+    columns: list[str]
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,10 @@ class Job:
     min_score: float | None = None  # abstain (label null) below this score
     embeddings_format: str = "base64"
     normalize: bool | None = None
+    output_path: str | None = None  # a directory under TABULAR_OUTPUT_ROOT: results as files
+    output_columns: list[str] = field(default_factory=list)  # input columns copied to the output
+    shard: ShardSpec | None = None
+    message: dict[str, Any] = field(default_factory=dict, repr=False)  # as decoded (for shards)
 
     def texts(self) -> list[str]:
         return [row_text(self.columns, row, self.template, self.text_columns) for row in self.rows]
@@ -127,10 +150,11 @@ def _build(obj: dict[str, Any], limits: Limits) -> Job:
         raise JobError(
             "unknown_type", f"type must be one of {list(JOB_TYPES)}, not {describe(job_type)}"
         )
-    job = Job(job_id=job_id, type=job_type)
+    job = Job(job_id=job_id, type=job_type, message=obj)
     _table_or_source(job, obj, limits)
     _text(job, obj.get("text"))
     _output(job, obj.get("output"))
+    _shard(job, obj.get("shard"))
     if job_type == "classify":
         _classification(job, obj, limits)
     else:
@@ -166,9 +190,10 @@ def _table_or_source(job: Job, obj: dict[str, Any], limits: Limits) -> None:
         raise JobError("invalid_field", "source.path must be a non-empty string")
     if fmt is None:
         fmt = Path(path).suffix.lower().lstrip(".")
-    if fmt not in ("csv", "jsonl"):
+    if fmt not in SOURCE_FORMATS:
         raise JobError(
-            "unsupported_format", f"source format must be csv or jsonl, not {describe(fmt)}"
+            "unsupported_format",
+            f"source format must be csv, jsonl or parquet, not {describe(fmt)}",
         )
     job.source_path, job.source_format = path, fmt
 
@@ -210,17 +235,23 @@ def check_table(job: Job, limits: Limits) -> None:
             raise JobError(
                 "ragged_rows", f"{where} has {len(row)} cells; the table has {width} columns"
             )
-        for cell in row:
-            if isinstance(cell, str) and len(cell) > limits.max_cell_chars:
-                raise JobError(
-                    "cell_too_large",
-                    f"{where}: a cell has {len(cell)} characters; the limit is "
-                    f"{limits.max_cell_chars}",
-                )
-            if isinstance(cell, float) and not math.isfinite(cell):
-                raise JobError("non_finite_number", f"{where}: NaN/Infinity is not allowed")
+        problem = cell_problem(row, limits)
+        if problem is not None:
+            raise JobError(problem[0], f"{where}: {problem[1]}")
     if job.template is not None or job.text_columns is not None:
         _check_text_columns(job)
+
+
+def cell_problem(row: list[Cell], limits: Limits) -> tuple[str, str] | None:
+    """(code, message) of the first cell the contract refuses, or None."""
+    for cell in row:
+        if isinstance(cell, str) and len(cell) > limits.max_cell_chars:
+            return "cell_too_large", (
+                f"a cell has {len(cell)} characters; the limit is {limits.max_cell_chars}"
+            )
+        if isinstance(cell, float) and not math.isfinite(cell):
+            return "non_finite_number", "NaN/Infinity is not allowed"
+    return None
 
 
 def _text(job: Job, text: Any) -> None:
@@ -242,11 +273,18 @@ def _text(job: Job, text: Any) -> None:
         job.text_columns = columns
 
 
-def _check_text_columns(job: Job) -> None:
+def text_fields(job: Job) -> list[str] | None:
+    """The columns the job's text uses; None when it uses them all (the default text)."""
+    if job.template is None and job.text_columns is None:
+        return None
     wanted = list(job.text_columns or [])
     if job.template is not None:
         wanted += template_fields(job.template)
-    missing = sorted(set(wanted) - set(job.columns))
+    return wanted
+
+
+def _check_text_columns(job: Job) -> None:
+    missing = sorted(set(text_fields(job) or []) - set(job.columns))
     if missing:
         raise JobError("invalid_template", f"unknown column(s) in text: {', '.join(missing)}")
 
@@ -255,8 +293,11 @@ def _output(job: Job, output: Any) -> None:
     job.embeddings_format = "base64" if job.type == "embed" else "none"
     if output is None:
         return
-    if not isinstance(output, dict) or set(output) - {"embeddings", "normalize"}:
-        raise JobError("invalid_field", "output must be an object with embeddings/normalize")
+    keys = {"embeddings", "normalize", "path", "columns"}
+    if not isinstance(output, dict) or set(output) - keys:
+        raise JobError(
+            "invalid_field", "output must be an object with embeddings/normalize/path/columns"
+        )
     fmt = output.get("embeddings", job.embeddings_format)
     if fmt not in EMBEDDING_FORMATS:
         raise JobError("invalid_field", f"output.embeddings must be one of {EMBEDDING_FORMATS}")
@@ -264,6 +305,55 @@ def _output(job: Job, output: Any) -> None:
     if normalize is not None and not isinstance(normalize, bool):
         raise JobError("invalid_field", "output.normalize must be true or false")
     job.embeddings_format, job.normalize = fmt, normalize
+    path, columns = output.get("path"), output.get("columns")
+    if path is None:
+        if columns is not None:
+            raise JobError("invalid_field", "output.columns applies to output.path only")
+        return
+    if not isinstance(path, str) or not path:
+        raise JobError("invalid_field", "output.path must be a non-empty string")
+    if job.source_path is None:
+        raise JobError("invalid_field", "output.path needs a source file (source.path)")
+    if columns is not None and (
+        not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns)
+    ):
+        raise JobError("invalid_field", "output.columns must be a list of column names")
+    reserved = sorted(set(columns or []) & set(OUTPUT_COLUMNS))
+    if reserved:
+        raise JobError("invalid_field", f"output.columns cannot copy {reserved}: names in use")
+    job.output_path, job.output_columns = path, list(dict.fromkeys(columns or []))
+
+
+# Columns of a part file besides the copied ones (docs/jobs.md, "Output files").
+OUTPUT_COLUMNS = ("row", "embedding", "label", "score", "scores", "error")
+
+
+def _shard(job: Job, shard: Any) -> None:
+    if shard is None:
+        return
+    if job.output_path is None:
+        raise JobError("invalid_field", "shard applies to jobs with output.path only")
+    keys = {"of", "index", "count", "rows", "bytes", "columns"}
+    ok = isinstance(shard, dict) and set(shard) == keys
+    if ok:
+        spans = (shard["rows"], shard["bytes"])
+        ok = (
+            isinstance(shard["of"], str) and bool(shard["of"])
+            and all(_count(shard[k]) for k in ("index", "count"))
+            and all(isinstance(s, list) and len(s) == 2 and all(map(_count, s)) for s in spans)
+            and shard["index"] < shard["count"]
+        )  # fmt: skip
+    if not ok:
+        raise JobError("invalid_field", "shard must be {of, index, count, rows, bytes, columns}")
+    job.shard = ShardSpec(
+        of=shard["of"], index=shard["index"], count=shard["count"],
+        start=shard["rows"][0], stop=shard["rows"][1], offset=shard["bytes"][0],
+        end=shard["bytes"][1], columns=parse_columns(shard["columns"]),
+    )  # fmt: skip
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _classification(job: Job, obj: dict[str, Any], limits: Limits) -> None:

@@ -7,6 +7,7 @@ whether redelivery could help.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from worker.metrics import WorkerMetrics, job_type_label
 from worker.model import EmbeddingModel
 from worker.results import Outcome, encode_vectors, error_outcome, timings
 from worker.settings import WorkerSettings
+from worker.shards import TableContext, TableJob
 from worker.sources import load_source
 from worker.utilisation import BusyMeter
 
@@ -38,8 +40,10 @@ class Pipeline:
         *,
         metrics: WorkerMetrics | None = None,
         llm: LlmClassifier | None = None,
+        fan_out: bool = False,
     ) -> None:
         self.settings = settings
+        self.fan_out = fan_out  # split large file jobs into shard jobs (a jobs topic to publish to)
         self.model = model
         self.metrics = metrics
         self.llm = llm
@@ -51,6 +55,8 @@ class Pipeline:
             max_job_text_chars=settings.max_job_text_chars,
             max_scores=settings.max_job_scores,
             max_result_bytes=settings.max_result_bytes,
+            shard_rows=settings.shard_rows,
+            max_source_rows=settings.max_source_rows,
         )
         self.meter = BusyMeter(
             settings.utilisation_window_seconds,
@@ -78,6 +84,12 @@ class Pipeline:
         try:
             job = decode(data, self.limits)
             decoded = time.perf_counter()
+            if job.output_path is not None:
+                outcome = await self._table_job(job)
+                outcome.result["timings"] = timings(started, decoded)
+                if self.metrics is not None:
+                    self._count(outcome)
+                return outcome
             if job.source_path is not None:
                 await load_source(job, self.settings.data_root, self.limits)
             check_cost(job_cost(job, self.model.dims), self.limits)  # before any work
@@ -102,20 +114,39 @@ class Pipeline:
 
     # -----------------------------------------------------------------------------------------
 
+    async def _table_job(self, job: Job) -> Outcome:
+        """A job with output.path: results as Parquet parts (worker.shards)."""
+        model = self.model  # one model for every shard this worker runs of the job
+
+        async def infer(shard: Job, texts: list[str]) -> tuple[Vectors, list[Prediction] | None]:
+            check_cost(job_cost(shard, model.dims), self._shard_limits)
+            vectors = await self._vectors(shard, texts, model, {})
+            if shard.type != "classify":
+                return vectors, None
+            return vectors, await self._classify(shard, texts, vectors, model)
+
+        ctx = TableContext(self.settings.data_root, self.settings.output_root, self.limits,
+                           fan_out=self.fan_out)  # fmt: skip
+        return await TableJob(job, ctx, infer, _model_facts(model), model.dims).run()
+
+    async def _vectors(
+        self, job: Job, texts: list[str], model: EmbeddingModel, body: dict[str, Any]
+    ) -> Vectors:
+        raw, counts = await self.batcher.encode(texts, model.encode)
+        normalized = self.settings.normalize_embeddings if job.normalize is None else job.normalize
+        body["dims"] = model.dims
+        body["normalized"] = normalized
+        body["truncated_rows"] = [int(i) for i in np.flatnonzero(counts > model.max_seq_length)]
+        body["max_tokens"] = model.max_seq_length
+        return normalize(raw) if normalized else raw
+
     async def _process(self, job: Job) -> dict[str, Any]:
         model = self.model  # a hot reload mid-job must not mix two models in one result
         body: dict[str, Any] = {
             "job_id": job.job_id,
             "status": "ok",
             "type": job.type,
-            "model": {
-                "name": model.info.name,
-                "source": model.info.source,
-                "generation": model.info.generation,
-                "revision": model.info.revision,
-                "backend": model.info.backend,
-                "precision": model.info.precision,
-            },
+            "model": _model_facts(model),
             "rows": len(job.rows),
         }
         texts = job.texts()
@@ -124,15 +155,7 @@ class Pipeline:
         )
         vectors = np.zeros((0, model.dims), np.float32)
         if needs_vectors:
-            raw, counts = await self.batcher.encode(texts, model.encode)
-            normalized = (
-                self.settings.normalize_embeddings if job.normalize is None else job.normalize
-            )
-            vectors = normalize(raw) if normalized else raw
-            body["dims"] = model.dims
-            body["normalized"] = normalized
-            body["truncated_rows"] = [int(i) for i in np.flatnonzero(counts > model.max_seq_length)]
-            body["max_tokens"] = model.max_seq_length
+            vectors = await self._vectors(job, texts, model, body)
         if job.type == "classify":
             body["method"] = job.method
             floor = job.min_score
@@ -164,6 +187,12 @@ class Pipeline:
             raise JobError("llm_disabled", "llm classification is not enabled on this worker")
         return await self.llm.classify(texts, job.labels)
 
+    @property
+    def _shard_limits(self) -> Limits:
+        """A shard's results go to a file, and its rows' text was checked row by row."""
+        inf = 1 << 62
+        return dataclasses.replace(self.limits, max_job_text_chars=inf, max_result_bytes=inf)
+
     def _observe_batch(self, rows: int, tokens: int) -> None:
         if self.metrics is not None:
             self.metrics.batch_rows.observe(rows)
@@ -176,3 +205,10 @@ class Pipeline:
             self.metrics.rows.labels(job_type).inc(outcome.rows)
         seconds = outcome.result.get("timings", {}).get("total_ms", 0.0) / 1000
         self.metrics.inference_seconds.labels(job_type).observe(seconds)
+
+
+def _model_facts(model: EmbeddingModel) -> dict[str, Any]:
+    info = model.info
+    return {"name": info.name, "source": info.source, "generation": info.generation,
+            "revision": info.revision, "backend": info.backend,
+            "precision": info.precision}  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,8 @@ class Outcome:
     rows: int = 0
     code: str = ""
     retryable: bool = False
+    jobs: list[bytes] = field(default_factory=list)  # shard jobs, published before the result
+    follow_ups: list[Outcome] = field(default_factory=list)  # published after it (final result)
 
     @property
     def status(self) -> str:

@@ -89,6 +89,7 @@ class Service:
         self.stop = asyncio.Event()
         self.subscription = ""
         self.results_topic = ""
+        self.jobs_topic = ""
         self.max_delivery_attempts: int | None = None
         self._recent = RecentResults(settings.result_cache_size)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -143,6 +144,7 @@ class Service:
         self.subscription = pubsub.full_name("subscriptions", s.jobs_subscription, s.project)
         project = pubsub.project_of(self.subscription)
         self.results_topic = pubsub.full_name("topics", s.results_topic, project)
+        self.jobs_topic = pubsub.full_name("topics", s.jobs_topic, project)
         if s.create_resources:
             transport.ensure_resources(
                 self._publisher, subscriber,
@@ -156,7 +158,7 @@ class Service:
             return 0
         self.ollama.start()  # comes up in the background; embedding work never waits for it
         model = await self._load_model(s, self.metrics)
-        self.pipeline = Pipeline(s, model, metrics=self.metrics, llm=self._llm())
+        self.pipeline = Pipeline(s, model, metrics=self.metrics, llm=self._llm(), fan_out=True)
         self._state["model"] = {
             "state": "ready", "name": model.info.name, "source": model.info.source,
             "generation": model.info.generation, "dims": model.dims,
@@ -306,13 +308,31 @@ class Service:
                       extra={**fields, "code": outcome.code})  # fmt: skip
         self.metrics.jobs.labels(job_type, outcome.status, outcome.code).inc()
         data, attrs = outcome.data(), _attributes(outcome, msg)
-        published = await self._publish(data, attrs)
+        # Shard jobs first: once the split is answered and acked, they must already be queued.
+        published = all([await self._publish_job(job) for job in outcome.jobs])
+        published = published and await self._publish(data, attrs)
+        for follow_up in outcome.follow_ups:  # the final result of a job whose last shard this was
+            published = published and await self._publish(
+                follow_up.data(), _attributes(follow_up, msg)
+            )
         if published and outcome.job_id is not None and not outcome.retryable:
             self._recent.put(outcome.job_id, data, attrs)
         if outcome.status != "ok":
             log.info("Job answered with an error", extra={**fields, "code": outcome.code})
         # A dead-lettered job is nacked after its error result, so the policy forwards it.
         return published and not outcome.retryable, job_type
+
+    async def _publish_job(self, data: bytes) -> bool:
+        """A shard job onto the jobs topic (worker.shards); False (nack the parent) on failure."""
+        assert self._publisher is not None
+        job_id = _body_job_id(data) or ""
+        try:
+            await transport.publish(self._publisher, self.jobs_topic, data, {"job_id": job_id})
+        except Exception as exc:
+            log.error("Publishing a shard job failed; nacking the job",
+                      extra={"job_id": job_id, "error": repr(exc)})  # fmt: skip
+            return False
+        return True
 
     async def _publish(self, data: bytes, attributes: dict[str, str]) -> bool:
         assert self._publisher is not None

@@ -82,6 +82,20 @@ class WorkerSettings(CommonSettings):
     )
     # --- jobs and limits ----------------------------------------------------------------------
     data_root: str = setting("TABULAR_DATA_ROOT", ".", "Root for job `source.path` files.")
+    output_root: str = setting(
+        "TABULAR_OUTPUT_ROOT",
+        "",
+        "Root for job `output.path` directories (Parquet parts and _SUCCESS). Empty: `serve` "
+        "refuses such jobs (output_disabled); `run` writes under the working directory.",
+    )
+    shard_rows: int = setting(
+        "TABULAR_SHARD_ROWS",
+        10_000,
+        "Rows per shard of a job that writes files: more rows are split into shard jobs.",
+    )
+    max_source_rows: int = setting(
+        "TABULAR_MAX_SOURCE_ROWS", 100_000_000, "Rows allowed in a source job that writes files."
+    )
     max_rows_per_job: int = setting("TABULAR_MAX_ROWS_PER_JOB", 10_000, "Rows allowed in one job.")
     max_cell_chars: int = setting("TABULAR_MAX_CELL_CHARS", 20_000, "Characters allowed per cell.")
     max_job_bytes: int = setting(
@@ -201,7 +215,8 @@ class WorkerSettings(CommonSettings):
         self.require_positive(
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
             "model_copy_readers", "max_row_text_chars", "max_job_text_chars", "max_job_scores",
-            "max_result_bytes", "utilisation_window_seconds", "model_streams",
+            "max_result_bytes", "utilisation_window_seconds", "model_streams", "shard_rows",
+            "max_source_rows",
         )  # fmt: skip
         if self.scaling_max_instances < 0:
             raise SettingsError("TABULAR_SCALING_MAX_INSTANCES must be 0 (not known) or more")

@@ -1,4 +1,4 @@
-"""Job tables read from files under the data root (`source.path`): CSV and JSON Lines.
+"""Job tables read from files under the data root (`source.path`): CSV, JSON Lines, Parquet.
 
 A path is checked before anything is opened: relative, no `..`, no symlink out of the root. Every
 way the file system can refuse a path ends in a documented code: a path that cannot be looked up
@@ -51,6 +51,10 @@ async def load_source(job: Job, data_root: str, limits: Limits) -> None:
     """Fill `job.columns`/`job.rows` from its source file, then apply the table checks."""
     assert job.source_path is not None
     target = resolve_source(data_root, job.source_path)
+    if job.source_format == "parquet":
+        job.columns, job.rows = await asyncio.to_thread(_read_parquet, job, target, limits)
+        check_table(job, limits)
+        return
     raw = await asyncio.to_thread(read_source, target, limits.max_job_bytes)
     if b"\x00" in raw:
         raise JobError("source_unreadable", "source file is binary, not CSV/JSONL text")
@@ -92,6 +96,24 @@ def read_source(target: Path, max_bytes: int) -> bytes:
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def _read_parquet(job: Job, target: Path, limits: Limits) -> tuple[list[str], list[list[Cell]]]:
+    """A whole (small) Parquet table: one shard of at most `max_rows` rows (worker.tables)."""
+    from worker.tables import plan, read_shard, usable_columns
+
+    try:
+        size = target.stat().st_size
+    except OSError as exc:
+        raise JobError("source_unreadable", f"source file cannot be read: {exc}") from None
+    if size > limits.max_job_bytes:
+        raise JobError(
+            "job_too_large", f"source is {size} bytes; the limit is {limits.max_job_bytes}"
+        )
+    table = plan(target, "parquet", limits.max_rows, limits.max_rows)
+    columns = usable_columns(job, table)
+    rows, _ = read_shard(target, "parquet", columns, table.shards[0])
+    return columns, rows
 
 
 def _parse_csv(text: str, limits: Limits) -> tuple[list[str], list[list[Cell]]]:

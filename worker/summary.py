@@ -30,6 +30,15 @@ def summary(result: dict[str, Any]) -> str:
         retry = " (retryable)" if error.get("retryable") else ""
         return f"{job}: error {error.get('code')}{retry}: {message}\n"
     rows = result.get("rows", 0)
+    output = result.get("output")
+    if output:  # results written as files (docs/jobs.md, "Tables of any size")
+        return (
+            f"{job}: ok, {result.get('type')}, {output.get('rows')} rows written to "
+            f"{output.get('path')}/ ({output.get('parts')} Parquet "
+            f"part{'' if output.get('parts') == 1 else 's'}, "
+            f"{output.get('errors')} rows with errors){took}\n"
+            f"  read it: pyarrow.parquet.read_table({str(output.get('path'))!r})\n"
+        )
     if result.get("type") == "classify":
         head = f"{job}: ok, classify ({result.get('method')}), {rows} rows{took}"
         return head + "\n" + "".join(_prediction_lines(result.get("predictions", [])))

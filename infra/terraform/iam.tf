@@ -24,6 +24,28 @@ resource "google_pubsub_subscription_iam_member" "worker_jobs_subscriber" {
   member       = google_service_account.worker.member
 }
 
+# Shard jobs of large tables go back onto the jobs topic (docs/jobs.md, "Sharding").
+resource "google_pubsub_topic_iam_member" "worker_jobs_publisher" {
+  topic  = google_pubsub_topic.jobs.name
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.worker.member
+}
+
+# The data and output buckets, when configured: read the sources, write (and rename) the parts.
+resource "google_storage_bucket_iam_member" "worker_data_reader" {
+  count  = var.data_bucket_name == "" ? 0 : 1
+  bucket = var.data_bucket_name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.worker.member
+}
+
+resource "google_storage_bucket_iam_member" "worker_output_writer" {
+  count  = var.output_bucket_name == "" ? 0 : 1
+  bucket = var.output_bucket_name
+  role   = "roles/storage.objectUser"
+  member = google_service_account.worker.member
+}
+
 resource "google_pubsub_topic_iam_member" "worker_results_publisher" {
   topic  = google_pubsub_topic.results.name
   role   = "roles/pubsub.publisher"

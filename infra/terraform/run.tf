@@ -29,7 +29,30 @@ locals {
     TABULAR_MODEL_LOAD_STRATEGY    = "copy"
     TABULAR_SHUTDOWN_GRACE_SECONDS = "8"
     TABULAR_SCALING_MAX_INSTANCES  = tostring(var.worker_max_instances)
-  })
+    TABULAR_JOBS_TOPIC             = google_pubsub_topic.jobs.name # shard jobs of large tables
+    },
+    var.data_bucket_name == "" ? {} : { TABULAR_DATA_ROOT = "/data" },
+    var.output_bucket_name == "" ? {} : { TABULAR_OUTPUT_ROOT = "/output" },
+  )
+
+  # Data and output buckets (docs/jobs.md, "Tables of any size"), mounted with gcsfuse in the
+  # worker: sources read-only, outputs read-write. Both optional.
+  table_volumes = concat(
+    var.data_bucket_name == "" ? [] : [{
+      name          = "data"
+      bucket        = var.data_bucket_name
+      read_only     = true
+      path          = "/data"
+      mount_options = []
+    }],
+    var.output_bucket_name == "" ? [] : [{
+      name          = "output"
+      bucket        = var.output_bucket_name
+      read_only     = false
+      path          = "/output"
+      mount_options = var.output_prefix == "" ? [] : ["only-dir=${var.output_prefix}"]
+    }],
+  )
 
   sync_env = merge(local.cache_env, {
     TABULAR_SYNC_MODELS            = var.sync_models
@@ -93,6 +116,14 @@ resource "google_cloud_run_v2_service" "worker" {
         mount_path = "/models"
       }
 
+      dynamic "volume_mounts" {
+        for_each = local.table_volumes
+        content {
+          name       = volume_mounts.value.name
+          mount_path = volume_mounts.value.path
+        }
+      }
+
       startup_probe {
         http_get {
           path = "/readyz"
@@ -132,6 +163,18 @@ resource "google_cloud_run_v2_service" "worker" {
       gcs {
         bucket    = google_storage_bucket.model_cache.name
         read_only = true
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = local.table_volumes
+      content {
+        name = volumes.value.name
+        gcs {
+          bucket        = volumes.value.bucket
+          read_only     = volumes.value.read_only
+          mount_options = volumes.value.mount_options
+        }
       }
     }
   }

@@ -168,3 +168,21 @@ variable "build_duration_threshold_seconds" {
   type        = number
   default     = 600
 }
+
+variable "data_bucket_name" {
+  description = "Existing bucket of job source files (Parquet, CSV, JSON Lines), mounted read-only at /data (TABULAR_DATA_ROOT). Empty: none."
+  type        = string
+  default     = ""
+}
+
+variable "output_bucket_name" {
+  description = "Existing bucket where jobs with output.path write Parquet parts, mounted read-write at /output (TABULAR_OUTPUT_ROOT). Empty: file outputs are off."
+  type        = string
+  default     = ""
+}
+
+variable "output_prefix" {
+  description = "Mount only this folder of the output bucket (gcsfuse only-dir). Empty: the whole bucket."
+  type        = string
+  default     = ""
+}

@@ -42,6 +42,14 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
         mount_path = "/models"
       }
 
+      dynamic "volume_mounts" {
+        for_each = local.table_volumes
+        content {
+          name       = volume_mounts.value.name
+          mount_path = volume_mounts.value.path
+        }
+      }
+
       # No port is published, but the worker's own HTTP server answers on 8080 inside the
       # instance: the probes and the Prometheus sidecar use it.
       startup_probe {
@@ -83,6 +91,18 @@ resource "google_cloud_run_v2_worker_pool" "worker" {
       gcs {
         bucket    = google_storage_bucket.model_cache.name
         read_only = true
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = local.table_volumes
+      content {
+        name = volumes.value.name
+        gcs {
+          bucket        = volumes.value.bucket
+          read_only     = volumes.value.read_only
+          mount_options = volumes.value.mount_options
+        }
       }
     }
   }
