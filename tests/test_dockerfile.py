@@ -110,6 +110,7 @@ def test_base_image_is_an_argument(
     assert {s.name: s.base for s in stages} == {
         "ollama": "${BASE_IMAGE}",
         "builder": "${BASE_IMAGE}",
+        "builder-tables": "builder",
         "builder-sync": "builder",
         "runtime": "${BASE_IMAGE}",
         "libs-onnx": "runtime",
@@ -139,7 +140,7 @@ def test_dependency_layers_come_before_the_code(
     _, by_name, _ = dockerfile
     builder = by_name["builder"]
     copy_lock = _index(builder, r"^COPY requirements-worker\.lock pyproject\.toml ")
-    deps = _index(builder, r"uv pip install --no-deps -r \S+requirements-worker\.lock")
+    deps = _index(builder, r"requirements-worker\.lock > \S+\s+&& uv pip install --no-deps -r ")
     assert copy_lock < deps
     sync = by_name["builder-sync"]
     torch = _index(sync, r"uv pip install --no-deps .*--target /opt/sync/torch .*torch==")
@@ -157,7 +158,10 @@ def test_dependency_layers_come_before_the_code(
         assert f"{instrs[-1].cmd} {instrs[-1].args}" == "COPY . /opt/app/", (
             f"{target}: the application code must be the last layer, one COPY"
         )
-        assert [i for i in instrs if i.cmd == "COPY"] == [instrs[-1]]
+        copies = [i.args for i in instrs if i.cmd == "COPY"]
+        assert copies[:-1] == (
+            ["--from=builder-tables /opt/tables /opt/tables"] if target == "worker" else []
+        ), "only pyarrow's layer (worker) comes between the shared layers and the code"
 
 
 def test_worker_image_cannot_install_torch(
@@ -169,6 +173,10 @@ def test_worker_image_cannot_install_torch(
     assert installs and all("requirements-worker.lock" in i for i in installs)
     assert all("requirements.lock" not in i and "-r /opt/app/pyproject" not in i for i in installs)
     assert by_name["libs-onnx"].instrs == [], "the torch-free worker adds nothing to the runtime"
+    # pyarrow is the worker's alone: not in the shared venv (so not in the sync image)
+    assert "grep -v '^pyarrow==' /opt/app/requirements-worker.lock" in " ".join(installs)
+    tables = " ".join(i.args for i in by_name["builder-tables"].instrs)
+    assert "--target /opt/tables" in tables and "uv pip check" in tables
     worker_lock = (ROOT / "requirements-worker.lock").read_text().lower()
     for heavy in ("torch", "transformers", "sentence-transformers", "triton", "nvidia", "onnx=="):
         assert not re.search(rf"^{re.escape(heavy)}", worker_lock, re.MULTILINE), heavy
