@@ -295,7 +295,11 @@ run_checks() {
     python3 -c "import sys,urllib.request; body=urllib.request.urlopen(sys.argv[1]).read().decode(); sys.exit(0 if 'tabular_' in body else 1)" \
         "http://127.0.0.1:$port/metrics" || fail "/metrics has no tabular_ series"
     say "ok: /healthz 200, /metrics has tabular_ series"
-    "$DOCKER" logs "$container" 2>&1 | grep -q '"cache_hit": *true' \
+    # Logs into a variable first: with pipefail, `docker logs | grep -q` fails whenever grep exits
+    # before docker logs has written everything (SIGPIPE).
+    local logs
+    logs=$("$DOCKER" logs "$container" 2>&1)
+    grep -q '"cache_hit": *true' <<<"$logs" \
         || { "$DOCKER" logs --tail 40 "$container" >&2; fail "the worker did not log cache_hit=true"; }
     say "ok: the worker logged cache_hit=true"
 
