@@ -109,8 +109,8 @@ class OutputDir:
     def has_part(self, index: int) -> bool:
         return (self.path / part_name(index)).is_file()
 
-    def write_part(self, index: int, table: Any) -> dict[str, Any]:
-        """Write the part atomically; its name, rows and sha256."""
+    def write_part(self, index: int, table: Any) -> None:
+        """Write the part atomically (its rows and sha256 are read once, by `commit`)."""
         import pyarrow.parquet as pq
 
         final = self.path / part_name(index)
@@ -122,13 +122,11 @@ class OutputDir:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if final.is_file() and (self.path / SUCCESS).exists():
-                # a duplicate delivery raced the commit, which removed its temporary file
-                return {"name": final.name, "rows": table.num_rows, "sha256": _sha256(final)}
+                return  # a duplicate delivery raced the commit, which removed its temporary file
             raise _write_error(final.name, exc) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return {"name": final.name, "rows": table.num_rows, "sha256": _sha256(final)}
 
     def missing(self, count: int) -> list[int]:
         present = {p.name for p in self.path.glob("part-*.parquet")}
