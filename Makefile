@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 APT_PACKAGES := prometheus prometheus-pushgateway
 
-.PHONY: demo test lint typecheck pytest venv apt-deps bench bench-cache bench-pubsub clean locks
+.PHONY: demo test lint typecheck pytest venv apt-deps bench bench-cache bench-pubsub bench-streams clean locks
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -71,5 +71,8 @@ clean:
 
 bench-pubsub: venv
 	$(BIN)/python bench/pubsub.py
+
+bench-streams: venv
+	$(BIN)/python bench/streams.py
 
 include infra/infra.mk

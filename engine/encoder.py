@@ -23,8 +23,9 @@ from engine.tokenizer import TextTokenizer
 
 Vectors = npt.NDArray[np.float32]
 Counts = npt.NDArray[np.int64]
-# Rows per forward pass. A batcher batch of 64 runs as two passes of 32 similar-length rows:
-# less padding and smaller activations than one pass of 64 (docs/benchmarks.md).
+# Rows per forward pass. The batcher's default call (32 rows) is one pass; a larger call runs as
+# passes of 32 similar-length rows: less padding and smaller activations than one pass of 64
+# (docs/benchmarks.md).
 FORWARD_BATCH = 32
 
 
@@ -78,14 +79,22 @@ class OnnxEncoder:
 
 
 class TorchEncoder:
-    """A sentence-transformers model on the CPU (float32)."""
+    """A sentence-transformers model on the CPU (float32).
+
+    The batcher's streams call it from several threads at once: the forward pass holds no state,
+    and the fast tokenizer takes concurrent calls (some transformers releases raised "Already
+    borrowed" there, huggingface/transformers#47085; tests/test_engine.py hammers it).
+    """
 
     backend = "torch"
     precision = "fp32"
 
-    def __init__(self, path: Path | str, max_seq_length: int = 0) -> None:
+    def __init__(self, path: Path | str, max_seq_length: int = 0, threads: int = 0) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        if threads > 0:  # process-wide in torch: every stream runs with the same count
+            torch.set_num_threads(threads)
         kwargs: dict[str, Any] = {"device": "cpu"}
         home = os.environ.get("SENTENCE_TRANSFORMERS_HOME")
         if home:

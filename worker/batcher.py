@@ -5,10 +5,12 @@ batch 32). The batcher knows nothing of models: it is handed a blocking `encode`
 it in model threads so the event loop keeps receiving jobs while the model works.
 
 - **Streams.** Up to `streams` encode calls run at once, each in its own model thread (an ONNX
-  session runs concurrent calls safely). Two streams of one intra-op thread each keep both cores
-  busy through the Python work around a forward pass (tokenising, padding, pooling), ~1.05x
-  rows/s here, but each call then takes twice as long on one core, so a new job waits up to
-  twice as long: one stream is the default (docs/benchmarks.md, "Pub/Sub").
+  session and a torch model both run concurrent calls safely). By default one single-threaded
+  stream per CPU with calls of 32 rows: a call takes about what one 64-row call on every core
+  took, but a pass split over both cores waits for its slower thread at every layer, so a core
+  taken for a moment by the Pub/Sub client or the event loop stalled both; independent streams
+  lose only what was taken (torch 1.13x, ONNX about equal alone, both steadier under load:
+  docs/benchmarks.md, "Pub/Sub").
 - **Fairness.** A batch takes rows from jobs that have not started first (in arrival order), then
   from started jobs in turn (round robin), so a 1-row job waits for the batches already running,
   not behind every row of a 10,000-row job; and new jobs go out in a batch of their own, not
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -121,9 +124,13 @@ class Batcher:
         return self._slots
 
     async def _in_thread(self, fn: Callable[[], _T]) -> _T:
+        return await self._submit(fn)
+
+    def _submit(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        """Start `fn` in a model thread now (not when a task first runs), metered."""
         meter = self.meter
         if meter is None:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
         def timed() -> _T:
             meter.begin()
@@ -132,7 +139,7 @@ class Batcher:
             finally:
                 meter.end()
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+        return asyncio.get_running_loop().run_in_executor(self._executor, timed)
 
     # -----------------------------------------------------------------------------------------
 
@@ -148,15 +155,50 @@ class Batcher:
                 if not batch:
                     slots.release()
                     continue
-                task = asyncio.get_running_loop().create_task(self._encode_then_free(batch))
+                texts = [t for request, a, b in batch for t in request.texts[a:b]]
+                encode = batch[0][0].encode
+                call = self._submit(functools.partial(encode, texts))  # the stream starts now
+                task = asyncio.get_running_loop().create_task(self._finish(batch, texts, call))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
 
-    async def _encode_then_free(self, batch: list[tuple[_Request, int, int]]) -> None:
+    async def _finish(
+        self,
+        batch: list[tuple[_Request, int, int]],
+        texts: list[str],
+        call: asyncio.Future[tuple[Vectors, npt.NDArray[np.int64]]],
+    ) -> None:
+        """Hand a call's vectors to its jobs. The stream is freed first, so the next call starts
+        before the jobs' results are built and published, not after (a call of 1-row jobs wakes
+        as many jobs as it has rows)."""
+        freed = False
         try:
-            await self._encode_batch(batch)
-        finally:
+            try:
+                vectors, counts = await call
+            except Exception as exc:
+                await self._isolate(batch, exc)  # on the same stream
+                return
             self._semaphore().release()
+            freed = True
+            self._deliver_batch(batch, texts, vectors, counts)
+        finally:
+            if not freed:
+                self._semaphore().release()
+
+    async def _isolate(self, batch: list[tuple[_Request, int, int]], exc: Exception) -> None:
+        """Each job's rows again on their own, so one bad job cannot fail the jobs it happened
+        to share a call with."""
+        if len(batch) == 1:
+            self._fail(batch[0][0], exc)
+            return
+        for request, a, b in batch:
+            texts = request.texts[a:b]
+            try:
+                vectors, counts = await self._in_thread(functools.partial(request.encode, texts))
+            except Exception as one:
+                self._fail(request, one)
+                continue
+            self._deliver_batch([(request, a, b)], texts, vectors, counts)
 
     async def _fill(self) -> None:
         """Wait up to max_wait for a partial batch to fill, never longer."""
@@ -211,20 +253,13 @@ class Batcher:
         self._started_first = bool(started) and all(start == 0 for _, start, _ in batch)
         return batch
 
-    async def _encode_batch(self, batch: list[tuple[_Request, int, int]]) -> None:
-        texts = [t for request, a, b in batch for t in request.texts[a:b]]
-        encode = batch[0][0].encode
-        try:
-            vectors, counts = await self._in_thread(lambda: encode(texts))  # its stream is held
-        except Exception as exc:
-            if len(batch) == 1:
-                self._fail(batch[0][0], exc)
-                return
-            # Isolate the culprit: each job's rows again on their own, so one bad job
-            # cannot fail the jobs it happened to share a batch with.
-            for item in batch:
-                await self._encode_batch([item])
-            return
+    def _deliver_batch(
+        self,
+        batch: list[tuple[_Request, int, int]],
+        texts: list[str],
+        vectors: Vectors,
+        counts: npt.NDArray[np.int64],
+    ) -> None:
         self.batches.append(len(texts))
         del self.batches[:-1000]
         if self._observe is not None:

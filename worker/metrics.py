@@ -109,7 +109,8 @@ class WorkerMetrics:
         )  # fmt: skip
         self.model_info = Info(
             "tabular_model",
-            "The model serving embeddings (name, source, generation, backend, precision, variant).",
+            "The model serving embeddings (name, source, generation, backend, precision, variant, "
+            "streams, threads per stream).",
             registry=r,
         )
         self.model_generation = Gauge(

@@ -53,10 +53,13 @@ class EmbeddingModel:
     """A loaded model behind an `engine` encoder. `encode` is blocking: run it in the model
     thread."""
 
-    def __init__(self, encoder: Encoder, info: ModelInfo, streams: int = 1) -> None:
+    def __init__(
+        self, encoder: Encoder, info: ModelInfo, streams: int = 1, threads: int = 0
+    ) -> None:
         self.encoder = encoder
         self.info = info
         self.streams = streams  # encode calls that may run at once (the batcher's streams)
+        self.threads = threads  # intra-op threads of each stream (0: the engine's default)
         self.dims = encoder.dims
         self.max_seq_length = encoder.max_seq_length
         self.load_seconds = 0.0
@@ -68,10 +71,10 @@ class EmbeddingModel:
     ) -> EmbeddingModel:
         """`variant` None: the torch model at `path`; else that ONNX variant of it."""
         started = time.perf_counter()
-        tuning = tuning.resolved(onnx=variant is not None)
+        tuning = tuning.resolved()
         encoder: Encoder
         if variant is None:
-            encoder = TorchEncoder(path, tuning.max_seq_length)
+            encoder = TorchEncoder(path, tuning.max_seq_length, tuning.threads)
         else:
             encoder = OnnxEncoder(
                 Path(path), variant.model_file, variant.precision, threads=tuning.threads,
@@ -81,14 +84,14 @@ class EmbeddingModel:
             info, backend=encoder.backend, precision=encoder.precision,
             variant=variant.name if variant else "",
         )  # fmt: skip
-        model = cls(encoder, info, tuning.streams)
+        model = cls(encoder, info, tuning.streams, tuning.threads)
         model.load_seconds = time.perf_counter() - started
         return model
 
     def relabel(self, info: ModelInfo) -> EmbeddingModel:
         """The same loaded weights under new metadata (a cache generation that did not touch
         this model's files): a hot reload without loading anything."""
-        model = EmbeddingModel(self.encoder, info, self.streams)
+        model = EmbeddingModel(self.encoder, info, self.streams, self.threads)
         model.load_seconds, model.warmup_seconds = self.load_seconds, self.warmup_seconds
         return model
 
@@ -109,15 +112,22 @@ class EmbeddingModel:
 @dataclass(frozen=True)
 class Tuning:
     """How the encoder runs (TABULAR_INFERENCE_THREADS, _SPIN, TABULAR_MODEL_STREAMS,
-    TABULAR_MAX_SEQ_LENGTH)."""
+    TABULAR_MAX_SEQ_LENGTH).
+
+    By default one single-threaded stream per CPU: a forward pass split over every core waits,
+    at each layer, for its slowest thread, so anything else that takes a core for a moment (the
+    Pub/Sub client, the event loop, a neighbour) stalls the whole pass; independent streams only
+    lose what was taken (docs/benchmarks.md, "Pub/Sub").
+    """
 
     threads: int = 0  # per stream; 0: the CPU quota divided by the streams
     spin: bool = False
     max_seq_length: int = 0  # 0: the model's own
-    streams: int = 1  # encode calls at once (ONNX only: torch's threads are process-wide)
+    streams: int = 0  # encode calls at once; 0: one per CPU of the quota
 
-    def resolved(self, onnx: bool) -> Tuning:
-        """Streams and threads per stream made concrete for a backend and this CPU quota."""
-        streams = max(1, self.streams) if onnx else 1
-        threads = self.threads or max(1, cpu_quota() // streams)
+    def resolved(self) -> Tuning:
+        """Streams and threads per stream made concrete for this CPU quota."""
+        quota = cpu_quota()
+        streams = self.streams or quota
+        threads = self.threads or max(1, quota // streams)
         return dataclasses.replace(self, streams=streams, threads=threads)

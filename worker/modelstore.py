@@ -458,6 +458,7 @@ def _log_loaded(model: EmbeddingModel) -> None:
             "precision": model.info.precision,
             "variant": model.info.variant,
             "streams": model.streams,
+            "threads": model.threads,
             "load_seconds": round(model.load_seconds, 3),
             "warmup_seconds": round(model.warmup_seconds, 3),
             "dims": model.dims,
@@ -471,5 +472,6 @@ def _export(metrics: WorkerMetrics, model: EmbeddingModel) -> None:
     metrics.model_generation.set(info.generation)
     metrics.model_info.info(
         {"name": info.name, "source": info.source, "generation": str(info.generation),
-         "backend": info.backend, "precision": info.precision, "variant": info.variant}
+         "backend": info.backend, "precision": info.precision, "variant": info.variant,
+         "streams": str(model.streams), "threads": str(model.threads)}
     )  # fmt: skip

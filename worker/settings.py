@@ -38,13 +38,13 @@ class WorkerSettings(CommonSettings):
     inference_threads: int = setting(
         "TABULAR_INFERENCE_THREADS",
         0,
-        "Intra-op threads of each ONNX stream (0: the CPU quota divided by the streams).",
+        "Intra-op threads of each model stream (0: the CPU quota divided by the streams).",
     )
     model_streams: int = setting(
         "TABULAR_MODEL_STREAMS",
-        1,
-        "ONNX encode calls run at once, each on CPU quota / streams threads (2: ~5 % more rows/s "
-        "on 2 vCPUs, twice the wait for a new job behind a large one). Torch always runs 1.",
+        0,
+        "Encode calls run at once, each on its own threads (0: one single-threaded stream per CPU "
+        "of the quota, which keeps every core busy when other work takes one for a moment).",
     )
     inference_spin: bool = setting(
         "TABULAR_INFERENCE_SPIN",
@@ -118,7 +118,7 @@ class WorkerSettings(CommonSettings):
         "TABULAR_MAX_RESULT_BYTES", 100_000_000, "Estimated bytes of one job's result allowed."
     )
     # --- batcher ------------------------------------------------------------------------------
-    batch_max_rows: int = setting("TABULAR_BATCH_MAX_ROWS", 64, "Rows per encode call.")
+    batch_max_rows: int = setting("TABULAR_BATCH_MAX_ROWS", 32, "Rows per encode call.")
     batch_max_tokens: int = setting(
         "TABULAR_BATCH_MAX_TOKENS", 16_384, "Estimated tokens per encode call."
     )
@@ -170,7 +170,9 @@ class WorkerSettings(CommonSettings):
         "TABULAR_CREATE_RESOURCES", False, "Development: create missing topics/subscriptions."
     )
     max_in_flight_jobs: int = setting(
-        "TABULAR_MAX_IN_FLIGHT_JOBS", 64, "Flow control: leased, unacked job messages."
+        "TABULAR_MAX_IN_FLIGHT_JOBS",
+        128,
+        "Flow control: leased, unacked job messages (1-row jobs need two calls' worth per stream).",
     )
     max_in_flight_bytes: int = setting(
         "TABULAR_MAX_IN_FLIGHT_BYTES", 100_000_000, "Flow control: bytes of leased messages."
@@ -205,8 +207,11 @@ class WorkerSettings(CommonSettings):
             raise SettingsError("TABULAR_INFERENCE_BACKEND must be auto, onnx or torch")
         if self.inference_precision not in ("auto", "fp32", "int8"):
             raise SettingsError("TABULAR_INFERENCE_PRECISION must be auto, fp32 or int8")
-        if min(self.inference_threads, self.max_seq_length) < 0:
-            raise SettingsError("TABULAR_INFERENCE_THREADS and TABULAR_MAX_SEQ_LENGTH must be >= 0")
+        if min(self.inference_threads, self.model_streams, self.max_seq_length) < 0:
+            raise SettingsError(
+                "TABULAR_INFERENCE_THREADS, TABULAR_MODEL_STREAMS and TABULAR_MAX_SEQ_LENGTH must "
+                "be >= 0"
+            )
         if self.model_load_strategy not in ("copy", "mount"):
             raise SettingsError("TABULAR_MODEL_LOAD_STRATEGY must be 'copy' or 'mount'")
         if self.shared_model_volume_enabled and inside(self.local_model_dir, self.model_cache_path):
@@ -215,7 +220,7 @@ class WorkerSettings(CommonSettings):
         self.require_positive(
             "max_rows_per_job", "max_cell_chars", "max_job_bytes", "batch_max_rows",
             "model_copy_readers", "max_row_text_chars", "max_job_text_chars", "max_job_scores",
-            "max_result_bytes", "utilisation_window_seconds", "model_streams", "shard_rows",
+            "max_result_bytes", "utilisation_window_seconds", "shard_rows",
             "max_source_rows",
         )  # fmt: skip
         if self.scaling_max_instances < 0:
