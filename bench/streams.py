@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.pubsub import Raw, Shape, backend, make_rows  # noqa: E402
+from bench.pubsub import Raw, Shape, backend, make_rows, rendered  # noqa: E402
 from engine.session import cpu_quota  # noqa: E402
 
 VARIANT = {"onnx-fp32": "onnx-fp32", "onnx-int8": "onnx-int8-blocked"}
@@ -64,7 +64,7 @@ def main() -> None:
     quota = cpu_quota()
     shapes = {"one stream on every core": Shape(1, quota, 64),
               "one stream per core": Shape(quota, 1, 32)}  # fmt: skip
-    texts = make_rows(args.rows)
+    texts = rendered(make_rows(args.rows))
     print(f"cores {quota}; neighbour: {args.share:.0%} of one core in ~5 ms bursts")
     for name in args.backends.split(","):
         spec = backend(name)
