@@ -110,7 +110,7 @@ class Batcher:
         """CPU work besides encode (a few-shot fit) takes a stream's turn, so it is metered and
         never oversubscribes the cores."""
         async with self._semaphore():
-            return await self._in_thread(fn)
+            return await self._submit(fn)
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)
@@ -122,9 +122,6 @@ class Batcher:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.streams)
         return self._slots
-
-    async def _in_thread(self, fn: Callable[[], _T]) -> _T:
-        return await self._submit(fn)
 
     def _submit(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
         """Start `fn` in a model thread now (not when a task first runs), metered."""
@@ -194,7 +191,7 @@ class Batcher:
         for request, a, b in batch:
             texts = request.texts[a:b]
             try:
-                vectors, counts = await self._in_thread(functools.partial(request.encode, texts))
+                vectors, counts = await self._submit(functools.partial(request.encode, texts))
             except Exception as one:
                 self._fail(request, one)
                 continue
