@@ -10,6 +10,7 @@ Both sort a call's rows by token count before slicing them into forward passes o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,9 +82,14 @@ class OnnxEncoder:
 class TorchEncoder:
     """A sentence-transformers model on the CPU (float32).
 
-    The batcher's streams call it from several threads at once: the forward pass holds no state,
-    and the fast tokenizer takes concurrent calls (some transformers releases raised "Already
-    borrowed" there, huggingface/transformers#47085; tests/test_engine.py hammers it).
+    The batcher's streams call it from several threads at once. The forward pass holds no state,
+    but a transformers fast tokenizer keeps its padding and truncation on the shared Rust
+    tokenizer and sets them on each call whenever they differ from the last: a call without them
+    (the untruncated counts) beside `encode` (padded, truncated) switched them under each other,
+    giving padded counts and "Unable to create tensor" or untruncated rows past the position
+    table. So the counts come from a private copy that is never reconfigured, and the shared one
+    is set up once here, so that `encode`'s calls find it as they want it and never write to it
+    (tests/test_engine.py hammers this from four threads).
     """
 
     backend = "torch"
@@ -105,10 +111,11 @@ class TorchEncoder:
             self.st.max_seq_length = min(int(self.st.max_seq_length), max_seq_length)
         self.dims = int(self.st.get_embedding_dimension())
         self.max_seq_length = int(self.st.max_seq_length)
+        self.st.preprocess([""])  # settles the shared tokenizer's padding and truncation
+        self._counter = _untruncated_copy(self.st.tokenizer)
 
     def encode(self, texts: list[str]) -> tuple[Vectors, Counts]:
-        tokenized = self.st.tokenizer(texts, add_special_tokens=True, truncation=False)
-        counts = np.fromiter((len(ids) for ids in tokenized["input_ids"]), np.int64, len(texts))
+        counts = self._counter(texts)
         vectors = self.st.encode(
             texts,
             batch_size=max(1, min(len(texts), FORWARD_BATCH)),
@@ -117,3 +124,28 @@ class TorchEncoder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dims), counts
+
+
+def _untruncated_copy(tokenizer: Any) -> Callable[[list[str]], Counts]:
+    """A counter of each text's untruncated tokens (special tokens included) that shares no
+    mutable state with `tokenizer`: a copy of a fast tokenizer's Rust backend, or a slow (pure
+    Python) tokenizer itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_truncation()
+        copy.no_padding()
+
+        def count(texts: list[str]) -> Counts:
+            encodings = copy.encode_batch(texts, add_special_tokens=True)
+            return np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+
+        return count
+
+    def count_slow(texts: list[str]) -> Counts:  # a Python tokenizer keeps no such state
+        ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        return np.fromiter((len(row) for row in ids), np.int64, len(texts))
+
+    return count_slow

@@ -141,17 +141,21 @@ def test_packaged_model_missing_says_where_it_comes_from(monkeypatch: pytest.Mon
 
 
 def test_torch_encoder_serves_two_streams_at_once() -> None:
-    """The batcher's streams call one TorchEncoder from several threads: the same answers as one
-    call at a time, and no "Already borrowed" from the shared fast tokenizer (many short calls,
-    so tokenising overlaps)."""
+    """The batcher's streams call one TorchEncoder from several threads: the same vectors and
+    untruncated counts as one call at a time. Rows of different lengths and one longer than the
+    position table, so that a tokenizer whose padding or truncation another thread switched shows
+    (padded counts, "Unable to create tensor", an index error); no "Already borrowed" either."""
     import concurrent.futures
 
     encoder = TorchEncoder(packaged_model_dir())
-    rows = texts()[:40]
-    calls = [rows[n : n + 2] for n in range(0, len(rows), 2)] * 10
-    alone = [encoder.encode(call) for call in calls[:20]] * 10
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        together = list(pool.map(encoder.encode, calls))
-    for (v1, c1), (v2, c2) in zip(alone, together, strict=True):
-        assert np.array_equal(c1, c2)
-        assert np.allclose(v1, v2, atol=1e-5)
+    long_row = " ".join(f"word{n}" for n in range(700))  # ~2,000 tokens, the table holds 512
+    rows = [f"row {n} " + "alpha beta " * (n % 7) for n in range(40)] + [long_row]
+    calls = [rows[n : n + 2] for n in range(0, len(rows), 2)] * 6
+    alone = [encoder.encode(call) for call in calls]
+    assert max(int(c.max()) for _, c in alone) > 512
+    for _ in range(2):
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(encoder.encode, calls))
+        for (v1, c1), (v2, c2) in zip(alone, together, strict=True):
+            assert np.array_equal(c1, c2)
+            assert np.allclose(v1, v2, atol=1e-5)
