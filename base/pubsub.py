@@ -8,9 +8,12 @@ fail forever. The clients here get a channel without that limit.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.cloud import pubsub_v1
+
+if TYPE_CHECKING:
+    from google.pubsub_v1 import PublisherClient as PublisherApi
 
 _UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
@@ -34,22 +37,40 @@ def _emulator_host() -> str:
 
 def subscriber_client() -> pubsub_v1.SubscriberClient:
     """A subscriber; in emulator mode on a channel without the 4 MB receive limit."""
-    host = _emulator_host()
-    if not host:
+    channel = _emulator_channel()
+    if channel is None:
         return pubsub_v1.SubscriberClient()
-    import grpc
     from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-    channel = grpc.insecure_channel(host, options=_UNLIMITED)
     return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
 def publisher_client(**kwargs: Any) -> pubsub_v1.PublisherClient:
-    host = _emulator_host()
-    if not host:
+    """The client library's batching publisher (one thread per batch; for occasional messages)."""
+    channel = _emulator_channel()
+    if channel is None:
         return pubsub_v1.PublisherClient(**kwargs)
-    import grpc
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
-    channel = grpc.insecure_channel(host, options=_UNLIMITED)
     return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel), **kwargs)
+
+
+def publisher_api() -> PublisherApi:
+    """The generated Publisher client: one RPC per call, with its default retry and timeout."""
+    from google.pubsub_v1 import PublisherClient as Api
+
+    channel = _emulator_channel()
+    if channel is None:
+        return Api()
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    return Api(transport=PublisherGrpcTransport(channel=channel))
+
+
+def _emulator_channel() -> Any:
+    host = _emulator_host()
+    if not host:
+        return None
+    import grpc
+
+    return grpc.insecure_channel(host, options=_UNLIMITED)

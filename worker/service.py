@@ -93,7 +93,7 @@ class Service:
         self.max_delivery_attempts: int | None = None
         self._recent = RecentResults(settings.result_cache_size)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._publisher: pubsub_v1.PublisherClient | None = None
+        self._publisher: transport.Publisher | None = None
         self._deadline = 0.0  # set by SIGTERM: when the grace period ends
         self._state: dict[str, Any] = {"model": {"state": "loading"}, "pubsub": {"state": "init"}}
         self.ollama = OllamaState(settings, self.metrics)
@@ -140,14 +140,14 @@ class Service:
     async def _serve(self) -> int:
         s = self.settings
         subscriber = pubsub.subscriber_client()
-        self._publisher = pubsub.publisher_client()
+        self._publisher = transport.Publisher(pubsub.publisher_api())
         self.subscription = pubsub.full_name("subscriptions", s.jobs_subscription, s.project)
         project = pubsub.project_of(self.subscription)
         self.results_topic = pubsub.full_name("topics", s.results_topic, project)
         self.jobs_topic = pubsub.full_name("topics", s.jobs_topic, project)
         if s.create_resources:
             transport.ensure_resources(
-                self._publisher, subscriber,
+                self._publisher.api, subscriber,
                 jobs_topic=pubsub.full_name("topics", s.jobs_topic, project),
                 subscription=self.subscription, results_topic=self.results_topic,
                 dead_letter_topic=pubsub.full_name("topics", s.dead_letter_topic, project),
@@ -238,7 +238,7 @@ class Service:
                 await asyncio.wait(late, timeout=0.5)
                 log.warning("Nacked unfinished jobs", extra={"jobs": len(late)})
         if self._publisher is not None:
-            await asyncio.to_thread(self._publisher.stop)
+            await self._publisher.close()
         await consumer.flush_late()
         overran = round(max(0.0, time.monotonic() - deadline), 3)
         log.info("Stopped", extra={"overran_seconds": overran})
@@ -327,7 +327,7 @@ class Service:
         assert self._publisher is not None
         job_id = _body_job_id(data) or ""
         try:
-            await transport.publish(self._publisher, self.jobs_topic, data, {"job_id": job_id})
+            await self._publisher.publish(self.jobs_topic, data, {"job_id": job_id})
         except Exception as exc:
             log.error("Publishing a shard job failed; nacking the job",
                       extra={"job_id": job_id, "error": repr(exc)})  # fmt: skip
@@ -338,7 +338,7 @@ class Service:
         assert self._publisher is not None
         started = time.perf_counter()
         try:
-            await transport.publish(self._publisher, self.results_topic, data, attributes)
+            await self._publisher.publish(self.results_topic, data, attributes)
         except Exception as exc:
             log.error("Publishing a result failed; nacking the job",
                       extra={"job_id": attributes.get("job_id"), "error": repr(exc)})  # fmt: skip

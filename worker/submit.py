@@ -142,7 +142,7 @@ def _with_options(job: dict[str, Any], opts: SubmitOptions) -> dict[str, Any]:
 async def submit(settings: WorkerSettings, opts: SubmitOptions) -> int:
     project = settings.project
     topic = pubsub.full_name("topics", settings.jobs_topic, project)
-    publisher = pubsub.publisher_client()
+    publisher = transport.Publisher(pubsub.publisher_api())
     results: dict[str, dict[str, Any]] = {}
     waiter: asyncio.Task[None] | None = None
     stop = asyncio.Event()
@@ -160,12 +160,12 @@ async def submit(settings: WorkerSettings, opts: SubmitOptions) -> int:
         for job in batch:
             submitted.add(job)
         await asyncio.gather(*(
-            transport.publish(publisher, topic, orjson.dumps(job),
+            publisher.publish(topic, orjson.dumps(job),
                               {"job_id": str(job.get("job_id", "")),
                                "type": str(job.get("type", ""))})
             for job in batch
         ))  # fmt: skip
-    await asyncio.to_thread(publisher.stop)
+    await publisher.close()
     seconds = round(time.monotonic() - started, 3)
     log.info("Jobs published", extra={"jobs": len(submitted.job_ids), "topic": topic,
                                       "seconds": seconds})  # fmt: skip

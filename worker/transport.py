@@ -1,4 +1,4 @@
-"""The worker's Pub/Sub transport: streaming pull bridged into asyncio, and result publishing.
+"""The worker's Pub/Sub transport: streaming pull bridged into asyncio, and batched publishing.
 
 The official client runs streaming pull and callbacks on its own threads; everything here keeps
 those threads short (hand the message to the event loop and return) and never blocks the loop
@@ -10,19 +10,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
+from google.pubsub_v1.types import PublishRequest, PubsubMessage
 
 from base import logs
 
+if TYPE_CHECKING:
+    from google.pubsub_v1 import PublisherClient as PublisherApi
+
 log = logs.get(__name__)
 
-# Pub/Sub's limit is 10 MB per message including attributes; stay well under it.
+# Pub/Sub's limit is 10 MB per message including attributes, and per Publish request; stay
+# well under it.
 MAX_PART_BYTES = 9_000_000
+MAX_REQUEST_BYTES = 9_500_000
+# The generated protobuf classes: building them skips proto-plus's per-field wrapping.
+_RawMessage = PubsubMessage.pb()
+_RawRequest = PublishRequest.pb()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,18 +189,107 @@ def split(data: bytes, limit: int = MAX_PART_BYTES) -> list[bytes]:
     return [data[i : i + limit] for i in range(0, len(data), limit)] or [b""]
 
 
-async def publish(
-    publisher: pubsub_v1.PublisherClient, topic: str, data: bytes, attributes: dict[str, str]
-) -> None:
-    """Publish (in parts when needed) and wait until Pub/Sub has every part."""
-    parts = split(data)
-    futures = []
-    for index, part in enumerate(parts, 1):
-        attrs = dict(attributes)
-        if len(parts) > 1:
-            attrs.update(part=str(index), parts=str(len(parts)))
-        futures.append(asyncio.wrap_future(publisher.publish(topic, part, **attrs)))
-    await asyncio.gather(*futures)
+class Publisher:
+    """Publishes from the event loop: messages wait in a per-topic batch for at most
+    `max_latency`, then go as one Publish RPC (the generated client's retry and timeout) on one of
+    a few threads of its own.
+
+    Why not the client library's `publish`: each batch starts a commit-timer thread from the
+    calling thread, and a thread start on the event loop blocks it for about a millisecond while
+    the model's streams hold both cores; every message also passes a flow controller, a
+    sequencer and a thread future (docs/benchmarks.md, "Pub/Sub"). Here a batch is a list, its
+    timer is `call_later`, and the only thread work is the RPC.
+    """
+
+    def __init__(
+        self,
+        api: PublisherApi,
+        *,
+        max_messages: int = 100,
+        max_latency: float = 0.01,
+        threads: int = 4,
+    ) -> None:
+        self._api = api
+        self._max_messages = max_messages
+        self._max_latency = max_latency
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "publish")
+        self._batches: dict[str, _Batch] = {}
+        self._sending: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    @property
+    def api(self) -> PublisherApi:
+        return self._api
+
+    async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
+        """Publish (in parts when needed) and return once Pub/Sub has every part."""
+        parts = split(data)
+        waits = []
+        for index, part in enumerate(parts, 1):
+            attrs = dict(attributes)
+            if len(parts) > 1:
+                attrs.update(part=str(index), parts=str(len(parts)))
+            waits.append(self._add(topic, part, attrs))
+        await asyncio.gather(*waits)
+
+    async def close(self) -> None:
+        """Send what waits in batches, wait for every RPC under way, refuse further messages."""
+        while self._batches or self._sending:
+            for topic in list(self._batches):
+                self._send(topic)
+            if self._sending:
+                await asyncio.wait(set(self._sending))
+        self._closed = True
+        self._pool.shutdown(wait=False)
+
+    def _add(self, topic: str, data: bytes, attributes: dict[str, str]) -> asyncio.Future[None]:
+        if self._closed:
+            raise RuntimeError("the publisher is closed")
+        loop = asyncio.get_running_loop()
+        size = len(data) + sum(len(k) + len(v) + 8 for k, v in attributes.items()) + 16
+        batch = self._batches.get(topic)
+        if batch is not None and batch.size + size > MAX_REQUEST_BYTES:
+            self._send(topic)
+            batch = None
+        if batch is None:
+            batch = _Batch(loop.call_later(self._max_latency, self._send, topic))
+            self._batches[topic] = batch
+        waiter: asyncio.Future[None] = loop.create_future()
+        batch.messages.append(_RawMessage(data=data, attributes=attributes))
+        batch.waiters.append(waiter)
+        batch.size += size
+        if len(batch.messages) >= self._max_messages:
+            self._send(topic)
+        return waiter
+
+    def _send(self, topic: str) -> None:
+        batch = self._batches.pop(topic, None)
+        if batch is None:
+            return
+        batch.timer.cancel()
+        request = PublishRequest.wrap(_RawRequest(topic=topic, messages=batch.messages))
+        rpc = asyncio.get_running_loop().run_in_executor(self._pool, self._api.publish, request)
+        self._sending.add(rpc)
+        rpc.add_done_callback(lambda done: self._settle(batch, done))
+
+    def _settle(self, batch: _Batch, rpc: asyncio.Future[Any]) -> None:
+        self._sending.discard(rpc)
+        error = rpc.exception() if not rpc.cancelled() else asyncio.CancelledError()
+        for waiter in batch.waiters:
+            if waiter.done():  # its job was cancelled meanwhile
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+
+@dataclass
+class _Batch:
+    timer: asyncio.TimerHandle
+    messages: list[Any] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    size: int = 0
 
 
 class Reassembler:
@@ -219,7 +317,7 @@ class Reassembler:
 
 
 def ensure_resources(
-    publisher: pubsub_v1.PublisherClient,
+    publisher: PublisherApi,
     subscriber: pubsub_v1.SubscriberClient,
     *,
     jobs_topic: str,
