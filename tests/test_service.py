@@ -224,6 +224,12 @@ def test_duplicate_deliveries_agree(pubsub: PubSubEnv, start_worker: StartWorker
                         "output": {"embeddings": "base64"}})  # fmt: skip
     sent = [pubsub.publish_job(job), pubsub.publish_job(job)]  # both in flight: computed twice
     messages = pubsub.pull_results(2, timeout=120)
+    # The worker remembers a result once it is published, then acks; the result can reach us
+    # before that, so wait for both acks (a delivery sent earlier would be computed again).
+    deadline = time.monotonic() + 30
+    while "tabular_pubsub_acks_total 2.0" not in worker.get("/metrics")[1].decode():
+        assert time.monotonic() < deadline, "the first two deliveries were never acked"
+        time.sleep(0.05)
     sent.append(pubsub.publish_job(job))  # after the result: answered from memory
     messages += pubsub.pull_results(1, timeout=120)
     results = [orjson.loads(m.message.data) for m in messages]

@@ -1,7 +1,7 @@
 """CPU seconds of the worker's threads by role: where a worker's two cores go.
 
 Process CPU alone cannot tell the model's compute from the Pub/Sub client's streaming pull, its
-callback pool, the publisher's batching thread, the event loop or gRPC's own C threads, and on a
+callback pool, the publisher's RPC threads, the event loop or gRPC's own C threads, and on a
 2-vCPU instance they all compete. Linux keeps user+system time per thread in
 `/proc/self/task/TID/stat`; Python threads are matched to their names through
 `threading.Thread.native_id` (Python 3.11 does not name OS threads), and threads Python did not
@@ -29,8 +29,7 @@ _PYTHON_GROUPS = (
     ("Thread-Heartbeater", "pubsub lease"),
     ("ThreadPoolExecutor-ThreadScheduler", "pubsub callbacks"),
     ("Thread-CallbackRequestDispatcher", "pubsub callbacks"),
-    ("Thread-MonitorBatchPublisher", "pubsub publisher"),
-    ("Thread-CommitBatchPublisher", "pubsub publisher"),
+    ("pubsub-publish", "pubsub publisher"),  # transport.Publisher's RPC threads
     ("asyncio", "event loop helpers"),
     ("http", "http server"),
 )

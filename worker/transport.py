@@ -212,7 +212,7 @@ class Publisher:
         self._api = api
         self._max_messages = max_messages
         self._max_latency = max_latency
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "publish")
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "pubsub-publish")
         self._batches: dict[str, _Batch] = {}
         self._sending: set[asyncio.Future[Any]] = set()
         self._closed = False
