@@ -228,9 +228,9 @@ def path_rows_per_second(env: PubSubEnv, worker: WorkerProcess, texts: list[str]
     The jobs go out at once, a backlog as a scaled-out pool sees it, in a few large Publish
     RPCs; while the worker drains it this process only polls the worker's ack counter (twice a
     second), and it pulls the results afterwards (Pull RPCs), timing each by the server's
-    publish_time. So
-    what shares the two cores with the worker is the Pub/Sub server, not the bench's client: in
-    production neither the users' publishers nor Pub/Sub run on the worker's instance."""
+    publish_time. So what shares the two cores with the worker is the Pub/Sub server, not the
+    bench's client: in production neither the users' publishers nor Pub/Sub run on the worker's
+    instance."""
     import grpc
     from google.pubsub_v1 import PublisherClient as Api
     from google.pubsub_v1 import PubsubMessage
