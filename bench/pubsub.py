@@ -1,14 +1,18 @@
 """The whole Pub/Sub path against the raw speed of the backend the worker serves, in one run.
 
-    python bench/pubsub.py [--backends torch,onnx-int8] [--rows 2048] [--worker-env NAME=VALUE]
+    python bench/pubsub.py [--backends torch,onnx-int8] [--rows 2048] [--repeat 2]
+                           [--worker-env NAME=VALUE]
 
 For each backend, with the Pub/Sub server (official emulator, or the test stand-in) running
 during every measurement:
 - raw `encode` of the same variant in this process, in two shapes (the engine alone: one 64-row
   call at a time on every core; and as the worker runs it: its streams, threads and batch size),
   before and after the path runs; the baseline is the fastest of the four;
-- rows/s of publish -> worker process -> results received, for 64-row and 1-row jobs, with CPU
-  per process and, inside the worker, per thread role (`tabular_thread_cpu_seconds`), in
+- rows/s of a backlog drained by the worker process, from publishing the jobs (all at once,
+  a few Publish RPCs) to the server stamping the last result (its publish_time; the results are
+  pulled afterwards, so no client of this process runs beside the worker meanwhile), for 64-row
+  and 1-row jobs, each `--repeat` times alternating (the best counts, as for raw), with CPU per
+  process and, inside the worker, per thread role (`tabular_thread_cpu_seconds`), in
   milliseconds per row;
 - open-loop latency: 1-row jobs at Poisson arrivals at 50 % and 80 % of the measured 1-row
   saturation, p50/p90/p99, split into the worker's own time (the result's `timings.total_ms`) and
@@ -47,7 +51,7 @@ from bench.engine import prepare  # noqa: E402
 from engine.config import packaged_model_dir  # noqa: E402
 from engine.encoder import Encoder, OnnxEncoder, TorchEncoder  # noqa: E402
 from engine.session import cpu_quota  # noqa: E402
-from harness.pubsub import PubSubEnv, PubSubServer, make_subscriber  # noqa: E402
+from harness.pubsub import PubSubEnv, PubSubServer, make_channel_options, make_subscriber  # noqa: E402
 from harness.worker_proc import WorkerProcess  # noqa: E402
 from worker.rowtext import row_text  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
@@ -143,6 +147,11 @@ def cpu_seconds(pid: int) -> float:
     return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), children=True)
 
 
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor gave other guests while this one wanted them (all cores)."""
+    return int(Path("/proc/stat").read_text().split()[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def group_cpu(pgid: int) -> float:
     """CPU seconds of every live process in a process group (the emulator is a JVM child)."""
     total = 0.0
@@ -212,17 +221,37 @@ def job(job_id: str, texts: list[str]) -> bytes:
     return orjson.dumps(body)
 
 
-def path_rows_per_second(env: PubSubEnv, clock: ResultClock, texts: list[str], per_job: int,
+def path_rows_per_second(env: PubSubEnv, worker: WorkerProcess, texts: list[str], per_job: int,
                          tag: str) -> float:  # fmt: skip
-    publisher = env.publisher()
-    ids = [f"{tag}-{n}" for n in range(0, len(texts), per_job)]
-    started = time.perf_counter()
-    futures = [publisher.publish(env.jobs_topic, job(i, texts[n * per_job : (n + 1) * per_job]),
-                                 job_id=i) for n, i in enumerate(ids)]  # fmt: skip
-    for f in futures:
-        f.result(60)
-    clock.wait(ids)
-    return len(texts) / (time.perf_counter() - started)
+    """Rows/s from the first job's publish to the server taking the last result.
+
+    The jobs go out at once, a backlog as a scaled-out pool sees it, in a few large Publish
+    RPCs; while the worker drains it this process only polls the worker's ack counter (twice a
+    second), and it pulls the results afterwards (Pull RPCs), timing each by the server's
+    publish_time. So what shares the two cores with the worker is the Pub/Sub server, not the
+    bench's client: in production neither the users' publishers nor Pub/Sub run on the worker's
+    instance."""
+    import grpc
+    from google.pubsub_v1 import PublisherClient as Api
+    from google.pubsub_v1 import PubsubMessage
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    channel = grpc.insecure_channel(env.host, options=make_channel_options())
+    api = Api(transport=PublisherGrpcTransport(channel=channel))
+    ids = [f"{tag}-{n}" for n in range(0, len(texts) // per_job)]
+    messages = [PubsubMessage(data=job(i, texts[n * per_job : (n + 1) * per_job]),
+                              attributes={"job_id": i}) for n, i in enumerate(ids)]  # fmt: skip
+    (acked,) = scrape(worker, "tabular_pubsub_acks_total")
+    started = time.time()
+    for n in range(0, len(messages), 500):
+        api.publish(topic=env.jobs_topic, messages=messages[n : n + 500])
+    while scrape(worker, "tabular_pubsub_acks_total")[0].value < acked.value + len(ids):
+        time.sleep(0.5)
+    channel.close()
+    results = env.pull_results(len(ids), timeout=60)
+    published = {m.message.attributes["job_id"]: m.message.publish_time for m in results}
+    assert set(ids) <= set(published), f"{len(set(ids) - set(published))} results missing"
+    return len(ids) * per_job / (max(float(published[i].timestamp()) for i in ids) - started)
 
 
 @dataclass
@@ -281,8 +310,9 @@ class Report:
     call_seconds: float = 0.0  # one of the worker's calls at raw speed ("one batch")
     batch_rows: tuple[float, float] = (0.0, 0.0)  # mean rows per encode call, 64-row, 1-row
     busy: tuple[float, float] = (0.0, 0.0)  # model busy share while 64-row, 1-row jobs ran
-    big: float = 0.0
-    one: float = 0.0
+    big: float = 0.0  # rows/s of 64-row jobs, the best run
+    one: float = 0.0  # rows/s of 1-row jobs, the best run
+    runs: dict[int, list[float]] = field(default_factory=dict)  # rows per job -> each run's
     cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> ms/row 64, 1
     loaded: dict[int, tuple[float, Latency]] = field(default_factory=dict)  # % -> (rate, lat)
     unloaded: Latency = field(default_factory=Latency)
@@ -302,9 +332,9 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
             {**env.env(), "TABULAR_EMBEDDING_MODEL": spec.model, **spec.env, **worker_env},
             Path(tmp) / "worker.log",
         ).start(300)
-        clock = ResultClock(env)
+        clock: ResultClock | None = None
         try:
-            path_rows_per_second(env, clock, texts[:256], 8, "warm")
+            path_rows_per_second(env, worker, texts[:256], 8, "warm")
             (info,) = scrape(worker, "tabular_model_info")
             report.serves = "{backend} {precision} {variant} ({streams} x {threads}-thread "\
                 "streams)".format(**info.labels)  # fmt: skip
@@ -321,6 +351,7 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
                 "worker (whole process)": lambda: cpu_seconds(wpid),
                 "pubsub server": lambda: group_cpu(spgid),
                 "bench client": lambda: cpu_seconds(os.getpid()),
+                "stolen by the hypervisor (all cores)": stolen_seconds,
             }
 
             def sample() -> dict[str, float]:
@@ -328,23 +359,30 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
                 (busy,) = scrape(worker, "tabular_model_busy_seconds_total")
                 (calls,) = scrape(worker, "tabular_batch_rows_count")
                 return {**{k: f() for k, f in procs.items()}, **groups, "busy": busy.value,
-                        "calls": calls.value, "wall": time.perf_counter()}  # fmt: skip
+                        "calls": calls.value}  # fmt: skip
 
-            before = sample()
-            report.big = path_rows_per_second(env, clock, texts, JOB_ROWS, "r64")
-            middle = sample()
-            report.one = path_rows_per_second(env, clock, texts, 1, "r1")
-            after = sample()
+            def run(per_job: int, tag: str) -> tuple[float, dict[str, float]]:
+                """One path measurement: rows/s and what each counter moved meanwhile."""
+                a = sample()
+                rate = path_rows_per_second(env, worker, texts, per_job, tag)
+                b = sample()
+                return rate, {k: b[k] - a.get(k, 0.0) for k in b}
 
-            def busy(a: dict[str, float], b: dict[str, float]) -> float:
-                return (b["busy"] - a["busy"]) / (b["wall"] - a["wall"])
-
-            report.busy = (busy(before, middle), busy(middle, after))
+            runs: dict[int, list[tuple[float, dict[str, float]]]] = {JOB_ROWS: [], 1: []}
+            for r in range(args.repeat):  # alternating, the best of each like the raw rates
+                for per_job in runs:
+                    runs[per_job].append(run(per_job, f"r{per_job}-{r}"))
+            report.runs = {p: [rate for rate, _ in v] for p, v in runs.items()}
+            (report.big, big), (report.one, one) = (max(runs[p], key=lambda x: x[0])
+                                                    for p in (JOB_ROWS, 1))  # fmt: skip
             n = len(texts)
-            report.batch_rows = (n / (middle["calls"] - before["calls"]),
-                                 n / (after["calls"] - middle["calls"]))  # fmt: skip
-            for s in (before, middle, after):
-                del s["busy"], s["wall"], s["calls"]
+            report.busy = (big["busy"] * report.big / n, one["busy"] * report.one / n)
+            report.batch_rows = (n / big["calls"], n / one["calls"])
+            report.cpu = {
+                k: (1000 * big.get(k, 0) / n, 1000 * one.get(k, 0) / n)
+                for k in sorted(one, key=lambda k: (k.startswith(" "), k))
+                if k not in ("busy", "calls")
+            }
             for k, shape in shapes.items():  # again after the path: the faster run of each
                 again = raw.rate(shape, embedded)
                 report.shapes[k] = (shape, *max(measured[k], again))
@@ -352,11 +390,7 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
             report.raw = max(rate for _, rate, _ in report.shapes.values())
             shape, rate, _ = report.shapes["as the worker runs it"]
             report.call_seconds = shape.rows * shape.streams / rate
-            report.cpu = {
-                k: (1000 * (middle.get(k, 0) - before.get(k, 0)) / n,
-                    1000 * (after.get(k, 0) - middle.get(k, 0)) / n)
-                for k in sorted(after, key=lambda k: (k.startswith(" "), k))
-            }  # fmt: skip
+            clock = ResultClock(env)  # from here on results stream to this process
             report.unloaded = probe(env, clock, "lat-idle", [0.2 * i for i in range(20)])
             for share in (50, 80):
                 rate = report.one * share / 100
@@ -364,10 +398,16 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
                 report.loaded[share] = (rate, probe(env, clock, f"lat-{share}", times))
             report.fair, report.big_seconds = fairness(env, clock, args.big_rows)
         finally:
-            clock.close()
+            if clock is not None:
+                clock.close()
             worker.stop()
             env.close()
     return report
+
+
+def target(ratio: float, least: float) -> str:
+    """The verdict on the unrounded ratio (0.795 prints as 0.80 but misses 0.80)."""
+    return f"target >= {least:.2f}: {'met' if ratio >= least else 'NOT met'}"
 
 
 def render(reports: list[Report], server: str, load: tuple[float, float]) -> str:
@@ -375,6 +415,10 @@ def render(reports: list[Report], server: str, load: tuple[float, float]) -> str
            f"load average before/after: {load[0]:.2f}/{load[1]:.2f}"]  # fmt: skip
     for r in reports:
         batch_s = r.call_seconds
+
+        def each(per_job: int, r: Report = r) -> str:
+            return " ".join(f"{rate / r.raw:.2f}" for rate in r.runs[per_job])
+
         out += [
             "",
             f"== backend {r.backend}: the worker serves {r.serves} ==",
@@ -383,8 +427,10 @@ def render(reports: list[Report], server: str, load: tuple[float, float]) -> str
                 f"{'raw encode, ' + k + ':':46} {rate:9.1f} {rate / r.raw:7.2f}  ({shape})"
                 for k, (shape, rate, _) in r.shapes.items()
             ),
-            f"{'Pub/Sub path, 64-row jobs':46} {r.big:9.1f} {r.big / r.raw:7.2f}  (target >= 0.90)",
-            f"{'Pub/Sub path, 1-row jobs':46} {r.one:9.1f} {r.one / r.raw:7.2f}  (target >= 0.80)",
+            f"{'Pub/Sub path, 64-row jobs':46} {r.big:9.1f} {r.big / r.raw:7.2f}  "
+            f"({target(r.big / r.raw, 0.90)}; runs {each(JOB_ROWS)})",
+            f"{'Pub/Sub path, 1-row jobs':46} {r.one:9.1f} {r.one / r.raw:7.2f}  "
+            f"({target(r.one / r.raw, 0.80)}; runs {each(1)})",
             f"model busy share {r.busy[0]:38.2f} {r.busy[1]:8.2f}",
             f"rows per encode call {r.batch_rows[0]:34.1f} {r.batch_rows[1]:8.1f}",
             f"CPU ms per row {'64-row':>40} {'1-row':>8}",
@@ -426,6 +472,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--big-rows", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="path runs per job size (the best counts, like raw)")  # fmt: skip
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra worker variable (A/B runs), repeatable")  # fmt: skip
     args = parser.parse_args()
