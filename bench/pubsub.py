@@ -477,6 +477,8 @@ def main() -> None:
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra worker variable (A/B runs), repeatable")  # fmt: skip
     args = parser.parse_args()
+    if args.rows % JOB_ROWS:  # the CPU per row divides by every row: all of them must run
+        parser.error(f"--rows must be a multiple of {JOB_ROWS}")
     load_before = os.getloadavg()[0]
     with PubSubServer() as server:
         reports = [run_backend(b, args, server) for b in args.backends.split(",")]
