@@ -55,11 +55,12 @@ def publisher_client(**kwargs: Any) -> pubsub_v1.PublisherClient:
     return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel), **kwargs)
 
 
-def publisher_api() -> PublisherApi:
-    """The generated Publisher client: one RPC per call, with its default retry and timeout."""
+def publisher_api(emulator_host: str = "") -> PublisherApi:
+    """The generated Publisher client: one RPC per call, with its default retry and timeout
+    (to `emulator_host` if given, else as PUBSUB_EMULATOR_HOST says)."""
     from google.pubsub_v1 import PublisherClient as Api
 
-    channel = _emulator_channel()
+    channel = _emulator_channel(emulator_host)
     if channel is None:
         return Api()
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
@@ -67,8 +68,8 @@ def publisher_api() -> PublisherApi:
     return Api(transport=PublisherGrpcTransport(channel=channel))
 
 
-def _emulator_channel() -> Any:
-    host = _emulator_host()
+def _emulator_channel(host: str = "") -> Any:
+    host = host or _emulator_host()
     if not host:
         return None
     import grpc

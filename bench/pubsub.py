@@ -47,11 +47,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from base.pubsub import publisher_api  # noqa: E402
 from bench.engine import prepare  # noqa: E402
 from engine.config import packaged_model_dir  # noqa: E402
 from engine.encoder import Encoder, OnnxEncoder, TorchEncoder  # noqa: E402
 from engine.session import cpu_quota  # noqa: E402
-from harness.pubsub import PubSubEnv, PubSubServer, make_channel_options, make_subscriber  # noqa: E402
+from harness.pubsub import PubSubEnv, PubSubServer, make_subscriber  # noqa: E402
 from harness.worker_proc import WorkerProcess  # noqa: E402
 from worker.rowtext import row_text  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
@@ -231,13 +232,9 @@ def path_rows_per_second(env: PubSubEnv, worker: WorkerProcess, texts: list[str]
     publish_time. So what shares the two cores with the worker is the Pub/Sub server, not the
     bench's client: in production neither the users' publishers nor Pub/Sub run on the worker's
     instance."""
-    import grpc
-    from google.pubsub_v1 import PublisherClient as Api
     from google.pubsub_v1 import PubsubMessage
-    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
-    channel = grpc.insecure_channel(env.host, options=make_channel_options())
-    api = Api(transport=PublisherGrpcTransport(channel=channel))
+    api = publisher_api(env.host)
     ids = [f"{tag}-{n}" for n in range(0, len(texts) // per_job)]
     messages = [PubsubMessage(data=job(i, texts[n * per_job : (n + 1) * per_job]),
                               attributes={"job_id": i}) for n, i in enumerate(ids)]  # fmt: skip
@@ -247,7 +244,7 @@ def path_rows_per_second(env: PubSubEnv, worker: WorkerProcess, texts: list[str]
         api.publish(topic=env.jobs_topic, messages=messages[n : n + 500])
     while scrape(worker, "tabular_pubsub_acks_total")[0].value < acked.value + len(ids):
         time.sleep(0.5)
-    channel.close()
+    api.transport.close()
     results = env.pull_results(len(ids), timeout=60)
     published = {m.message.attributes["job_id"]: m.message.publish_time for m in results}
     assert set(ids) <= set(published), f"{len(set(ids) - set(published))} results missing"

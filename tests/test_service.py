@@ -19,6 +19,7 @@ from engine.pooling import normalize
 from harness.pubsub import PubSubEnv, free_port
 from harness.worker_proc import ROOT, WorkerProcess
 from tests.conftest import PipelineFactory
+from tests.prometheus_server import wait_for
 from worker.results import decode_vectors
 
 StartWorker = Callable[..., WorkerProcess]
@@ -226,10 +227,9 @@ def test_duplicate_deliveries_agree(pubsub: PubSubEnv, start_worker: StartWorker
     messages = pubsub.pull_results(2, timeout=120)
     # The worker remembers a result once it is published, then acks; the result can reach us
     # before that, so wait for both acks (a delivery sent earlier would be computed again).
-    deadline = time.monotonic() + 30
-    while "tabular_pubsub_acks_total 2.0" not in worker.get("/metrics")[1].decode():
-        assert time.monotonic() < deadline, "the first two deliveries were never acked"
-        time.sleep(0.05)
+    acked = "tabular_pubsub_acks_total 2.0"
+    wait_for(lambda: acked in worker.get("/metrics")[1].decode(), timeout=30, interval=0.05,
+             message="the first two deliveries were never acked")  # fmt: skip
     sent.append(pubsub.publish_job(job))  # after the result: answered from memory
     messages += pubsub.pull_results(1, timeout=120)
     results = [orjson.loads(m.message.data) for m in messages]
