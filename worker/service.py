@@ -173,6 +173,7 @@ class Service:
             pubsub.subscriber_async_api(), self.subscription, self.handle,
             max_messages=s.max_in_flight_jobs, max_bytes=s.max_in_flight_bytes,
             lease_seconds=s.lease_extension_seconds, ack_deadline=self._ack_deadline,
+            on_error=lambda rpc: self.metrics.pubsub_errors.labels(rpc).inc(),
         )  # fmt: skip
         self._state["pubsub"] = {"state": "pulling", "subscription": self.subscription}
         reloader = None

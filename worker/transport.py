@@ -89,6 +89,7 @@ class Consumer:
         max_bytes: int = 0,
         lease_seconds: int = 60,
         ack_deadline: int = 10,
+        on_error: Callable[[str], None] = lambda rpc: None,
     ) -> None:
         self._api = api
         self._subscription = subscription
@@ -97,6 +98,7 @@ class Consumer:
         self._max_bytes = max_bytes
         self._lease_seconds = lease_seconds
         self._ack_deadline = ack_deadline
+        self._on_error = on_error  # counts a failed RPC: "pull", "ack", "nack" or "modack"
         self._leases: dict[str, _Lease] = {}  # every message leased and not yet settled
         self._held: deque[_Lease] = deque()  # leased, waiting for room under max_bytes
         self._bytes = 0  # of dispatched messages
@@ -133,6 +135,7 @@ class Consumer:
             except gexc.DeadlineExceeded:
                 continue
             except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+                self._on_error("pull")
                 log.warning(
                     "Pull failed; retrying",
                     extra={"error": repr(exc), "retry_in_seconds": delay},
@@ -264,7 +267,8 @@ class Consumer:
         if task.cancelled() or task.exception() is None:
             return
         # The messages' leases lapse and Pub/Sub redelivers them: a duplicate, not a loss.
-        log.warning("Pub/Sub %s failed", what, extra={"error": repr(task.exception())})
+        self._on_error(what)
+        log.warning("Pub/Sub RPC failed", extra={"rpc": what, "error": repr(task.exception())})
 
     async def _extend_leases(self) -> None:
         loop = asyncio.get_running_loop()
@@ -276,7 +280,7 @@ class Consumer:
                 lease.expires = now + self._lease_seconds
             for n in range(0, len(due), MAX_ACK_IDS):
                 ids = [lease.ack_id for lease in due[n : n + MAX_ACK_IDS]]
-                self._modack(ids, self._lease_seconds, "lease extension")
+                self._modack(ids, self._lease_seconds, "modack")
 
 
 async def _first(*waits: Awaitable[Any]) -> None:
