@@ -157,13 +157,15 @@ class Consumer:
             self._settle(lease, False)
 
     async def close(self) -> None:
-        """Send the acks and nacks still waiting (within 5 s), then stop extending leases."""
+        """Send the acks and nacks still waiting (within 5 s), stop extending leases, close the
+        client's channel (the Consumer owns `api`)."""
         await self.stop_pulling()
         self._flush()
         if self._rpcs:
             await asyncio.wait(set(self._rpcs), timeout=5.0)
         if self._leaser is not None:
             self._leaser.cancel()
+        await self._api.transport.close()
 
     # --- receiving --------------------------------------------------------------------------
 
