@@ -14,6 +14,7 @@ from google.cloud import pubsub_v1
 
 if TYPE_CHECKING:
     from google.pubsub_v1 import PublisherClient as PublisherApi
+    from google.pubsub_v1 import SubscriberAsyncClient as SubscriberAsyncApi
 
 _UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
@@ -66,6 +67,20 @@ def publisher_api(emulator_host: str = "") -> PublisherApi:
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
     return Api(transport=PublisherGrpcTransport(channel=channel))
+
+
+def subscriber_async_api() -> SubscriberAsyncApi:
+    """The generated Subscriber client on grpc.aio (create it inside the loop that uses it)."""
+    from google.pubsub_v1 import SubscriberAsyncClient as Api
+
+    host = _emulator_host()
+    if not host:
+        return Api()
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
+
+    channel = grpc.aio.insecure_channel(host, options=_UNLIMITED)
+    return Api(transport=SubscriberGrpcAsyncIOTransport(channel=channel))
 
 
 def _emulator_channel(host: str = "") -> Any:

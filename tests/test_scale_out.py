@@ -13,11 +13,11 @@ embedding model is `DelayModel`: each encode call sleeps for the time all-MiniLM
 cannot share this machine's two cores; three sleeping ones drain a backlog like three instances
 with their own CPUs, so distribution and recovery are tested at a scale the CPU cannot run.
 
-SERVER: the project's stand-in (harness/standin.py), not the official emulator, for two reasons
-seen on the emulator (0.8.20): it ignores streaming-pull flow control, so the first worker to
-connect would lease the whole backlog instead of sharing it, and it never redelivered some
-messages that were in transit to a SIGKILLed subscriber (tests/pubsub_fixture.py,
-`pubsub_redelivering`).
+SERVER: the project's stand-in (harness/standin.py), not the official emulator (0.8.20): it
+never redelivered some messages that were in transit to a SIGKILLed subscriber
+(tests/pubsub_fixture.py, `pubsub_redelivering`). (It also ignores streaming-pull flow control,
+which leased the whole backlog to the first worker while the worker used streaming pull; the
+worker's unary Pull asks for no more than its room.)
 
 The measured drain time is then replayed in the capacity model's simulation (bench/drain.py)
 with the same jobs, rates, flow control and event times; docs/scaling.md shows the comparison.

@@ -85,6 +85,11 @@ class WorkerMetrics:
             "tabular_pubsub_redeliveries",
             "Job messages received with delivery_attempt > 1.", registry=r,
         )  # fmt: skip
+        self.pubsub_errors = Counter(
+            "tabular_pubsub_rpc_errors",
+            "Failed Pub/Sub RPCs of the job subscription, by rpc (pull, ack, nack, modack): "
+            "retried, or their messages redelivered.", ["rpc"], registry=r,
+        )  # fmt: skip
         self.dead_lettered = Counter(
             "tabular_pubsub_dead_lettered",
             "Jobs answered with an error on their last delivery attempt (then dead-lettered).",

@@ -91,6 +91,7 @@ class Service:
         self.results_topic = ""
         self.jobs_topic = ""
         self.max_delivery_attempts: int | None = None
+        self._ack_deadline = 10  # the subscription's, read at start
         self._recent = RecentResults(settings.result_cache_size)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publisher: transport.Publisher | None = None
@@ -168,12 +169,12 @@ class Service:
         self.metrics.ready.set(1)
         self.metrics.scaling_max_instances.set(s.scaling_max_instances)
         log.info("Worker ready", extra={"subscription": self.subscription})
-        flow = pubsub_v1.types.FlowControl(
-            max_messages=s.max_in_flight_jobs,
-            max_bytes=s.max_in_flight_bytes,
-            max_duration_per_lease_extension=s.lease_extension_seconds,
-        )
-        consumer = Consumer(subscriber, self.subscription, self.handle, flow)
+        consumer = Consumer(
+            pubsub.subscriber_async_api(), self.subscription, self.handle,
+            max_messages=s.max_in_flight_jobs, max_bytes=s.max_in_flight_bytes,
+            lease_seconds=s.lease_extension_seconds, ack_deadline=self._ack_deadline,
+            on_error=lambda rpc: self.metrics.pubsub_errors.labels(rpc).inc(),
+        )  # fmt: skip
         self._state["pubsub"] = {"state": "pulling", "subscription": self.subscription}
         reloader = None
         if s.shared_model_volume_enabled:
@@ -210,6 +211,7 @@ class Service:
                     pass
                 delay = min(delay * 2, 30.0)
                 continue
+            self._ack_deadline = sub.ack_deadline_seconds or 10
             policy = sub.dead_letter_policy
             if policy and policy.dead_letter_topic:
                 self.max_delivery_attempts = policy.max_delivery_attempts or 5
@@ -225,7 +227,7 @@ class Service:
         """Stop receiving, finish in-flight jobs within the grace period, nack the rest,
         flush results."""
         deadline = self._deadline or time.monotonic() + self.settings.shutdown_grace_seconds
-        await consumer.stop_pulling(wait=max(deadline - time.monotonic() - 3.0, 0.5))
+        await consumer.stop_pulling()
         pending = {t for t in self._tasks if not t.done()}
         if pending:
             # Keep ~2 s of the grace period for nacks, acks and flushing results.
@@ -239,7 +241,7 @@ class Service:
                 log.warning("Nacked unfinished jobs", extra={"jobs": len(late)})
         if self._publisher is not None:
             await self._publisher.close()
-        await consumer.flush_late()
+        await consumer.close()
         overran = round(max(0.0, time.monotonic() - deadline), 3)
         log.info("Stopped", extra={"overran_seconds": overran})
 

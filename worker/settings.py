@@ -175,7 +175,7 @@ class WorkerSettings(CommonSettings):
         "Flow control: leased, unacked job messages (1-row jobs need two calls' worth per stream).",
     )
     max_in_flight_bytes: int = setting(
-        "TABULAR_MAX_IN_FLIGHT_BYTES", 100_000_000, "Flow control: bytes of leased messages."
+        "TABULAR_MAX_IN_FLIGHT_BYTES", 100_000_000, "Flow control: bytes of running jobs' messages."
     )
     lease_extension_seconds: int = setting(
         "TABULAR_LEASE_EXTENSION_SECONDS",

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from google.cloud import pubsub_v1
 
 from base import logs, pubsub
 from worker import transport
@@ -230,10 +229,9 @@ async def _gather(
             results[job_id] = result
         return True
 
-    flow = pubsub_v1.types.FlowControl(max_messages=1000)
-    consumer = Consumer(pubsub.subscriber_client(), subscription, on_result, flow)
+    consumer = Consumer(pubsub.subscriber_async_api(), subscription, on_result, max_messages=1000)
     await consumer.run(stop)
-    await consumer.stop_pulling()
+    await consumer.close()
 
 
 def _progress(submitted: _Submitted, result: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """CPU seconds of the worker's threads by role: where a worker's two cores go.
 
-Process CPU alone cannot tell the model's compute from the Pub/Sub client's streaming pull, its
-callback pool, the publisher's RPC threads, the event loop or gRPC's own C threads, and on a
-2-vCPU instance they all compete. Linux keeps user+system time per thread in
+Process CPU alone cannot tell the model's compute from the event loop (which also pulls and
+acks), the publisher's RPC threads or gRPC's own C threads, and on a 2-vCPU instance they all
+compete. Linux keeps user+system time per thread in
 `/proc/self/task/TID/stat`; Python threads are matched to their names through
 `threading.Thread.native_id` (Python 3.11 does not name OS threads), and threads Python did not
 start (onnxruntime's intra-op pool, gRPC core) are grouped by their OS name.
@@ -24,11 +24,6 @@ from prometheus_client.registry import Collector
 _PYTHON_GROUPS = (
     ("MainThread", "event loop"),
     ("model", "model"),
-    ("Thread-ConsumeBidirectionalStream", "pubsub streaming pull"),
-    ("Thread-LeaseMaintainer", "pubsub lease"),
-    ("Thread-Heartbeater", "pubsub lease"),
-    ("ThreadPoolExecutor-ThreadScheduler", "pubsub callbacks"),
-    ("Thread-CallbackRequestDispatcher", "pubsub callbacks"),
     ("pubsub-publish", "pubsub publisher"),  # transport.Publisher's RPC threads
     ("asyncio", "event loop helpers"),
     ("http", "http server"),

@@ -1,27 +1,28 @@
-"""The worker's Pub/Sub transport: streaming pull bridged into asyncio, and batched publishing.
+"""The worker's Pub/Sub transport: pulling and publishing from the event loop.
 
-The official client runs streaming pull and callbacks on its own threads; everything here keeps
-those threads short (hand the message to the event loop and return) and never blocks the loop
-on a client future.
+Both sides use the generated clients, one RPC per call: the client library's streaming pull and
+batching publisher run their work on threads of their own beside the model's (docs/benchmarks.md,
+"Pub/Sub"), while here a Pull, an Acknowledge or a Publish is one awaited RPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
-from google.cloud.pubsub_v1.subscriber.message import Message
-from google.pubsub_v1.types import PublishRequest, PubsubMessage
+from google.pubsub_v1.types import PublishRequest, PubsubMessage, PullResponse
 
 from base import logs
 
 if TYPE_CHECKING:
     from google.pubsub_v1 import PublisherClient as PublisherApi
+    from google.pubsub_v1 import SubscriberAsyncClient as SubscriberAsyncApi
 
 log = logs.get(__name__)
 
@@ -37,10 +38,16 @@ _RawRequest = PublishRequest.pb()
 # ---------------------------------------------------------------------------------------------
 # receiving
 
+PULL_TIMEOUT = 30.0  # a long poll: Pub/Sub answers as soon as messages come, or empty by then
+LEASE_TICK = 1.0  # how often leases are checked
+LEASE_MARGIN = 4.0  # extend a lease this long before Pub/Sub would redeliver its message
+SETTLE_DELAY = 0.01  # acks and nacks wait this long to share one RPC
+MAX_ACK_IDS = 1000  # per Acknowledge / ModifyAckDeadline request (Pub/Sub allows 2,500)
+
 
 @dataclass(frozen=True)
 class Received:
-    """What the service needs of a job message, detached from the client's thread."""
+    """What the service needs of a job message."""
 
     data: bytes
     attributes: dict[str, str]
@@ -52,132 +59,241 @@ class Received:
 Handler = Callable[[Received], Coroutine[Any, Any, bool]]  # True: ack, False: nack
 
 
+@dataclass(eq=False)
+class _Lease:
+    ack_id: str
+    size: int
+    expires: float  # loop time at which Pub/Sub would redeliver the message
+    received: Received
+
+
 class Consumer:
-    """Streaming pull bridged into asyncio; resubscribes when the stream dies."""
+    """Unary Pull from the event loop, with flow control, lease extension and batched acks.
+
+    Why not the client library's streaming pull: it runs the stream, the callbacks and the
+    leases on threads of its own that share the instance's CPUs with the model, and its flow
+    control is a request the server may ignore (the emulator does). Here one long-polling Pull
+    at a time asks for at most the free room (`max_messages` leased, `max_bytes` dispatched),
+    each message runs as a task on the loop, acks and nacks of ~10 ms go as one RPC, and a
+    lease is extended by `lease_seconds` shortly before it would lapse (docs/benchmarks.md,
+    "Pub/Sub"). Pull errors (the service unreachable, restarted) are retried with backoff.
+    """
 
     def __init__(
         self,
-        subscriber: pubsub_v1.SubscriberClient,
+        api: SubscriberAsyncApi,
         subscription: str,
         handler: Handler,
-        flow_control: pubsub_v1.types.FlowControl,
-        on_settled: Callable[[bool], None] | None = None,
+        *,
+        max_messages: int,
+        max_bytes: int = 0,
+        lease_seconds: int = 60,
+        ack_deadline: int = 10,
+        on_error: Callable[[str], None] = lambda rpc: None,
     ) -> None:
-        self._subscriber = subscriber
+        self._api = api
         self._subscription = subscription
         self._handler = handler
-        self._flow = flow_control
-        self._on_settled = on_settled
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._future: Any = None
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._lease_seconds = lease_seconds
+        self._ack_deadline = ack_deadline
+        self._on_error = on_error  # counts a failed RPC: "pull", "ack", "nack" or "modack"
+        self._leases: dict[str, _Lease] = {}  # every message leased and not yet settled
+        self._held: deque[_Lease] = deque()  # leased, waiting for room under max_bytes
+        self._bytes = 0  # of dispatched messages
+        self._acks: list[str] = []
+        self._nacks: list[str] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._room = asyncio.Event()
         self._stopping = False
-        self._closed = False
-        # Settled after the stream closed: the client would drop these acks, so they are sent
-        # as plain RPCs by `flush_late`. (ack_id, ack?)
-        self._late: list[tuple[str, bool]] = []
-        self.pending: set[concurrent.futures.Future[bool]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rpcs: set[asyncio.Task[Any]] = set()
+        self._leaser: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Pull until `stop` is set; a failed stream is resubscribed with backoff."""
-        self._loop = asyncio.get_running_loop()
+        """Pull until `stop` is set."""
+        self._leaser = self._leaser or asyncio.create_task(self._extend_leases())
+        log.info("Pulling jobs", extra={"subscription": self._subscription})
         delay = 1.0
         while not stop.is_set():
-            self._future = self._subscriber.subscribe(
-                self._subscription, self._callback, flow_control=self._flow,
-                await_callbacks_on_shutdown=False,
-            )  # fmt: skip
-            log.info("Pulling jobs", extra={"subscription": self._subscription})
-            waiter = asyncio.ensure_future(asyncio.to_thread(self._future.exception))
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set():
-                stopper.cancel()
+            wanted = self._wanted()
+            if wanted == 0:
+                self._room.clear()
+                await _first(self._room.wait(), stop.wait())
+                continue
+            pull = asyncio.ensure_future(self._api.pull(
+                subscription=self._subscription, max_messages=wanted,
+                retry=None, timeout=PULL_TIMEOUT,
+            ))  # fmt: skip
+            await _first(pull, stop.wait())
+            if not pull.done():
+                pull.cancel()  # what the server had leased to it comes back after the deadline
                 break
-            stopper.cancel()
-            error = waiter.result()
-            log.warning(
-                "Streaming pull ended; resubscribing",
-                extra={"error": repr(error), "retry_in_seconds": delay},
+            try:
+                response = pull.result()
+            except gexc.DeadlineExceeded:
+                continue
+            except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+                self._on_error("pull")
+                log.warning(
+                    "Pull failed; retrying",
+                    extra={"error": repr(exc), "retry_in_seconds": delay},
+                )
+                await _first(asyncio.sleep(delay), stop.wait())
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 1.0
+            self._accept(PullResponse.pb(response).received_messages)
+        self._stopping = True
+
+    async def stop_pulling(self) -> None:
+        """Stop receiving: messages held for room are nacked at once; dispatched jobs go on,
+        their leases still extended, and are settled as they finish."""
+        self._stopping = True
+        self._room.set()
+        held, self._held = list(self._held), deque()
+        for lease in held:
+            self._settle(lease, False)
+
+    async def close(self) -> None:
+        """Send the acks and nacks still waiting (within 5 s), stop extending leases, close the
+        client's channel (the Consumer owns `api`)."""
+        await self.stop_pulling()
+        self._flush()
+        if self._rpcs:
+            await asyncio.wait(set(self._rpcs), timeout=5.0)
+        if self._leaser is not None:
+            self._leaser.cancel()
+        await self._api.transport.close()
+
+    # --- receiving --------------------------------------------------------------------------
+
+    def _wanted(self) -> int:
+        """How many messages to ask for: none until a quarter of the room is free, so a busy
+        instance sends a few large Pulls rather than one per finished job."""
+        room = self._max_messages - len(self._leases)
+        if room < max(1, self._max_messages // 4) or self._held:
+            return 0
+        return min(room, 1000)
+
+    def _accept(self, messages: Any) -> None:
+        expires = asyncio.get_running_loop().time() + self._ack_deadline
+        for received in messages:
+            m = received.message
+            lease = _Lease(
+                ack_id=received.ack_id,
+                size=m.ByteSize(),
+                expires=expires,
+                received=Received(
+                    data=m.data,
+                    attributes=dict(m.attributes),
+                    message_id=m.message_id,
+                    publish_time=m.publish_time.seconds + m.publish_time.nanos * 1e-9,
+                    delivery_attempt=received.delivery_attempt or None,
+                ),
             )
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
-            delay = min(delay * 2, 30.0)
-        self._stopping = True
+            self._leases[lease.ack_id] = lease
+            self._held.append(lease)
+        self._dispatch()
 
-    async def stop_pulling(self, wait: float = 10.0) -> None:
-        """Stop receiving; messages the client holds but has not dispatched are nacked by it.
+    def _dispatch(self) -> None:
+        """Start held messages while the dispatched bytes stay under `max_bytes` (one message
+        always runs, however large)."""
+        while self._held:
+            lease = self._held[0]
+            if self._stopping:
+                self._held.popleft()
+                self._settle(lease, False)
+                continue
+            if self._max_bytes and self._bytes and self._bytes + lease.size > self._max_bytes:
+                return
+            self._held.popleft()
+            self._bytes += lease.size
+            task = asyncio.create_task(self._run(lease))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-        Close the stream at once rather than keep it open refusing deliveries: every refusal is
-        a nack, the server redelivers at once, and a few seconds of that burn through a
-        dead-letter policy's attempts, dead-lettering jobs no one ever ran.
-        """
-        self._stopping = True
-        self._closed = True
-        if self._future is not None:
-            self._future.cancel()
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self._future.result, wait), wait)
-            except Exception:
-                pass
-
-    def _callback(self, message: Message) -> None:
-        """Runs on the client's callback thread: hand over and return at once."""
-        assert self._loop is not None
-        if self._stopping:
-            message.nack()
-            return
-        received = Received(
-            data=message.data,
-            attributes=dict(message.attributes),
-            message_id=message.message_id,
-            publish_time=message.publish_time.timestamp(),
-            delivery_attempt=message.delivery_attempt,
-        )
+    async def _run(self, lease: _Lease) -> None:
+        ok = False
         try:
-            fut = asyncio.run_coroutine_threadsafe(self._handler(received), self._loop)
-        except RuntimeError:  # the loop is closed: shutting down
-            message.nack()
+            ok = await self._handler(lease.received)
+        except Exception:
+            log.exception(
+                "Job handler failed; nacking", extra={"message_id": lease.received.message_id}
+            )
+        finally:  # also when cancelled (a drain that ran out of time): nacked, redelivered
+            self._bytes -= lease.size
+            self._settle(lease, ok)
+            self._dispatch()
+
+    # --- settling ---------------------------------------------------------------------------
+
+    def _settle(self, lease: _Lease, ok: bool) -> None:
+        if self._leases.pop(lease.ack_id, None) is None:
             return
-        self.pending.add(fut)
-        fut.add_done_callback(lambda f: self._settle(message, f))
+        (self._acks if ok else self._nacks).append(lease.ack_id)
+        if len(self._acks) + len(self._nacks) >= MAX_ACK_IDS:
+            self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._flush)
+        if not self._room.is_set() and self._wanted():
+            self._room.set()
 
-    async def flush_late(self) -> None:
-        """Ack/nack, by RPC, jobs that finished after the stream closed."""
-        late, self._late = self._late, []
-        acks = [ack_id for ack_id, ok in late if ok]
-        nacks = [ack_id for ack_id, ok in late if not ok]
-        try:
-            if acks:
-                await asyncio.to_thread(
-                    self._subscriber.acknowledge,
-                    subscription=self._subscription,
-                    ack_ids=acks,
-                    timeout=5,
-                )
-            if nacks:
-                await asyncio.to_thread(
-                    self._subscriber.modify_ack_deadline,
-                    subscription=self._subscription,
-                    ack_ids=nacks,
-                    ack_deadline_seconds=0,
-                    timeout=5,
-                )
-        except Exception as exc:  # their leases expire and Pub/Sub redelivers them: no loss
-            log.warning("Could not settle late jobs", extra={"error": repr(exc)})
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        acks, self._acks = self._acks, []
+        nacks, self._nacks = self._nacks, []
+        if acks:
+            self._call("ack", self._api.acknowledge(
+                subscription=self._subscription, ack_ids=acks, retry=None, timeout=10,
+            ))  # fmt: skip
+        if nacks:
+            self._modack(nacks, 0, "nack")
 
-    def _settle(self, message: Message, fut: concurrent.futures.Future[bool]) -> None:
-        self.pending.discard(fut)
-        ok = not fut.cancelled() and fut.exception() is None and fut.result()
-        if self._closed:
-            self._late.append((message.ack_id, bool(ok)))
-        elif ok:
-            message.ack()
-        else:
-            message.nack()
-        if self._on_settled is not None:
-            self._on_settled(bool(ok))
+    def _modack(self, ack_ids: list[str], seconds: int, what: str) -> None:
+        self._call(what, self._api.modify_ack_deadline(
+            subscription=self._subscription, ack_ids=ack_ids, ack_deadline_seconds=seconds,
+            retry=None, timeout=10,
+        ))  # fmt: skip
+
+    def _call(self, what: str, rpc: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(rpc)
+        self._rpcs.add(task)
+        task.add_done_callback(lambda done: self._rpc_done(what, done))
+
+    def _rpc_done(self, what: str, task: asyncio.Future[Any]) -> None:
+        self._rpcs.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # The messages' leases lapse and Pub/Sub redelivers them: a duplicate, not a loss.
+        self._on_error(what)
+        log.warning("Pub/Sub RPC failed", extra={"rpc": what, "error": repr(task.exception())})
+
+    async def _extend_leases(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(LEASE_TICK)
+            now = loop.time()
+            due = [lease for lease in self._leases.values() if lease.expires - now < LEASE_MARGIN]
+            for lease in due:
+                lease.expires = now + self._lease_seconds
+            for n in range(0, len(due), MAX_ACK_IDS):
+                ids = [lease.ack_id for lease in due[n : n + MAX_ACK_IDS]]
+                self._modack(ids, self._lease_seconds, "modack")
+
+
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of `waits` is done; cancel the rest that this call created."""
+    futures = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, wait in zip(futures, waits, strict=True):
+            if future is not wait and not future.done():
+                future.cancel()
 
 
 # ---------------------------------------------------------------------------------------------
