@@ -193,6 +193,25 @@ async def test_a_job_longer_than_the_ack_deadline_keeps_its_lease(emulated: PubS
     assert [data for data, _ in jobs.deliveries] == [b"long"]  # never redelivered meanwhile
 
 
+async def test_a_lease_is_not_extended_past_max_lease(emulated: PubSubEnv) -> None:
+    emulated.publish_job(b"stuck")
+    redelivered = asyncio.Event()
+
+    class Stuck(_Jobs):
+        async def answer(self, msg: transport.Received) -> bool:
+            if len(self.deliveries) == 1:  # stuck until Pub/Sub hands the job out again
+                await asyncio.wait_for(redelivered.wait(), emulated.ack_deadline + 20)
+            redelivered.set()
+            return True
+
+    jobs = Stuck(1)
+    await _consume(emulated, jobs, jobs.done, max_messages=4, lease_seconds=10, max_lease=1.0)
+    (first, at_first), (again, at_again) = jobs.deliveries
+    assert first == again == b"stuck"
+    # Back once the ack deadline lapsed, not extended (nor nacked by the first one giving up).
+    assert at_again - at_first < emulated.ack_deadline + 5
+
+
 async def test_a_nack_or_a_failed_handler_is_redelivered_at_once(emulated: PubSubEnv) -> None:
     emulated.publish_job(b"nack")
     emulated.publish_job(b"raise")

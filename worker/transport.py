@@ -41,6 +41,7 @@ _RawRequest = PublishRequest.pb()
 PULL_TIMEOUT = 30.0  # a long poll: Pub/Sub answers as soon as messages come, or empty by then
 LEASE_TICK = 1.0  # how often leases are checked
 LEASE_MARGIN = 4.0  # extend a lease this long before Pub/Sub would redeliver its message
+MAX_LEASE = 3600.0  # a job still running after this is let go (the client library's default)
 SETTLE_DELAY = 0.01  # acks and nacks wait this long to share one RPC
 MAX_ACK_IDS = 1000  # per Acknowledge / ModifyAckDeadline request (Pub/Sub allows 2,500)
 
@@ -65,6 +66,7 @@ class _Lease:
     size: int
     expires: float  # loop time at which Pub/Sub would redeliver the message
     received: Received
+    until: float  # loop time after which the lease is no longer extended
 
 
 class Consumer:
@@ -75,8 +77,9 @@ class Consumer:
     control is a request the server may ignore (the emulator does). Here one long-polling Pull
     at a time asks for at most the free room (`max_messages` leased, `max_bytes` dispatched),
     each message runs as a task on the loop, acks and nacks of ~10 ms go as one RPC, and a
-    lease is extended by `lease_seconds` shortly before it would lapse (docs/benchmarks.md,
-    "Pub/Sub"). Pull errors (the service unreachable, restarted) are retried with backoff.
+    lease is extended by `lease_seconds` shortly before it would lapse, for at most `max_lease`
+    seconds (a job stuck longer is redelivered; docs/benchmarks.md, "Pub/Sub"). Pull errors
+    (the service unreachable, restarted) are retried with backoff.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class Consumer:
         max_bytes: int = 0,
         lease_seconds: int = 60,
         ack_deadline: int = 10,
+        max_lease: float = MAX_LEASE,
         on_error: Callable[[str], None] = lambda rpc: None,
     ) -> None:
         self._api = api
@@ -98,6 +102,7 @@ class Consumer:
         self._max_bytes = max_bytes
         self._lease_seconds = lease_seconds
         self._ack_deadline = ack_deadline
+        self._max_lease = max_lease
         self._on_error = on_error  # counts a failed RPC: "pull", "ack", "nack" or "modack"
         self._leases: dict[str, _Lease] = {}  # every message leased and not yet settled
         self._held: deque[_Lease] = deque()  # leased, waiting for room under max_bytes
@@ -178,13 +183,14 @@ class Consumer:
         return min(room, 1000)
 
     def _accept(self, messages: Any) -> None:
-        expires = asyncio.get_running_loop().time() + self._ack_deadline
+        now = asyncio.get_running_loop().time()
         for received in messages:
             m = received.message
             lease = _Lease(
                 ack_id=received.ack_id,
                 size=m.ByteSize(),
-                expires=expires,
+                expires=now + self._ack_deadline,
+                until=now + self._max_lease,
                 received=Received(
                     data=m.data,
                     attributes=dict(m.attributes),
@@ -277,7 +283,11 @@ class Consumer:
         while True:
             await asyncio.sleep(LEASE_TICK)
             now = loop.time()
-            due = [lease for lease in self._leases.values() if lease.expires - now < LEASE_MARGIN]
+            due = [
+                lease
+                for lease in self._leases.values()
+                if lease.expires - now < LEASE_MARGIN and now < lease.until
+            ]
             for lease in due:
                 lease.expires = now + self._lease_seconds
             for n in range(0, len(due), MAX_ACK_IDS):
