@@ -19,6 +19,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.types import PublishRequest, PubsubMessage, PullResponse
 
 from base import logs
+from base.aio import cancel_and_wait
 
 if TYPE_CHECKING:
     from google.pubsub_v1 import PublisherClient as PublisherApi
@@ -168,8 +169,7 @@ class Consumer:
         self._flush()
         if self._rpcs:
             await asyncio.wait(set(self._rpcs), timeout=5.0)
-        if self._leaser is not None:
-            self._leaser.cancel()
+        await cancel_and_wait(self._leaser)
         await self._api.transport.close()
 
     # --- receiving --------------------------------------------------------------------------
