@@ -1,19 +1,20 @@
 """The whole Pub/Sub path against the raw speed of the backend the worker serves, in one run.
 
-    python bench/pubsub.py [--backends torch,onnx-int8] [--rows 2048] [--repeat 2]
+    python bench/pubsub.py [--backends torch,onnx-int8] [--rows 2048] [--rounds 3]
                            [--worker-env NAME=VALUE]
 
 For each backend, with the Pub/Sub server (official emulator, or the test stand-in) running
-during every measurement:
+during every measurement, in `--rounds` paired rounds:
 - raw `encode` of the same variant in this process, in two shapes (the engine alone: one 64-row
   call at a time on every core; and as the worker runs it: its streams, threads and batch size),
-  before and after the path runs; the baseline is the fastest of the four;
+  before the first round and after each; a round's baseline is the faster shape's mean of the
+  raw runs around it;
 - rows/s of a backlog drained by the worker process, from publishing the jobs (all at once,
   a few Publish RPCs) to the server stamping the last result (its publish_time; the results are
   pulled afterwards, so no client of this process runs beside the worker meanwhile), for 64-row
-  and 1-row jobs, each `--repeat` times alternating (the best counts, as for raw), with CPU per
-  process and, inside the worker, per thread role (`tabular_thread_cpu_seconds`), in
-  milliseconds per row;
+  and 1-row jobs once per round (their order alternating); the ratio is the median round's, and
+  CPU per process and, inside the worker, per thread role (`tabular_thread_cpu_seconds`) is
+  summed over the rounds, in milliseconds per row;
 - open-loop latency: 1-row jobs at Poisson arrivals at 50 % and 80 % of the measured 1-row
   saturation, p50/p90/p99, split into the worker's own time (the result's `timings.total_ms`) and
   the rest (Pub/Sub delivery, queueing before the worker, publishing the result);
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -298,24 +300,75 @@ def fairness(env: PubSubEnv, clock: ResultClock, big_rows: int) -> tuple[Latency
     return probes, time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class PathRun:
+    rate: float  # rows/s
+    moved: dict[str, float]  # what each counter (CPU seconds, busy, calls) moved meanwhile
+
+
 @dataclass
 class Report:
     backend: str
     serves: str = ""  # what the worker reported serving
-    raw: float = 0.0  # the baseline: the faster shape's rows/s
+    raw: float = 0.0  # the baseline: the median round's denominator (the faster shape)
     shapes: dict[str, tuple[Shape, float, float]] = field(default_factory=dict)  # rows/s, CPU
     call_seconds: float = 0.0  # one of the worker's calls at raw speed ("one batch")
     batch_rows: tuple[float, float] = (0.0, 0.0)  # mean rows per encode call, 64-row, 1-row
     busy: tuple[float, float] = (0.0, 0.0)  # model busy share while 64-row, 1-row jobs ran
-    big: float = 0.0  # rows/s of 64-row jobs, the best run
-    one: float = 0.0  # rows/s of 1-row jobs, the best run
-    runs: dict[int, list[float]] = field(default_factory=dict)  # rows per job -> each run's
+    big: float = 0.0  # rows/s of 64-row jobs, the median run
+    one: float = 0.0  # rows/s of 1-row jobs, the median run
+    ratios: dict[int, list[float]] = field(default_factory=dict)  # rows per job -> per round
     cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> ms/row 64, 1
     loaded: dict[int, tuple[float, Latency]] = field(default_factory=dict)  # % -> (rate, lat)
     unloaded: Latency = field(default_factory=Latency)
     fair: Latency = field(default_factory=Latency)
     big_seconds: float = 0.0
     big_rows: int = 0
+
+    def ratio(self, per_job: int) -> float:
+        return statistics.median(self.ratios[per_job])
+
+    def paired(
+        self,
+        shapes: dict[str, Shape],
+        raw_rates: Callable[[], dict[str, tuple[float, float]]],
+        run: Callable[[int, str], PathRun],
+        rounds: int,
+        rows: int,
+    ) -> None:
+        """Raw and path measured in turn: raw, then in each round both job sizes (their order
+        alternating) and raw again. A round's ratio is its path rate against the raw rate
+        around it (the mean of the raw runs before and after, the faster shape), so the
+        machine's drift between measurements cancels; the figure is the median round's. Both
+        sides get the same number of runs: a best-of on one side only would bias the ratio."""
+        raws = [raw_rates()]
+        runs: dict[int, list[PathRun]] = {JOB_ROWS: [], 1: []}
+        bases: list[float] = []
+        for r in range(rounds):
+            for per_job in (JOB_ROWS, 1) if r % 2 == 0 else (1, JOB_ROWS):
+                runs[per_job].append(run(per_job, f"r{per_job}-{r}"))
+            raws.append(raw_rates())
+            bases.append(max((raws[r][k][0] + raws[r + 1][k][0]) / 2 for k in shapes))
+        self.ratios = {p: [x.rate / b for x, b in zip(v, bases, strict=True)]
+                       for p, v in runs.items()}  # fmt: skip
+        self.big, self.one = (statistics.median(x.rate for x in runs[p]) for p in (JOB_ROWS, 1))
+        self.raw = statistics.median(bases)
+        self.shapes = {k: (shape, statistics.median(m[k][0] for m in raws),
+                           statistics.median(m[k][1] for m in raws))
+                       for k, shape in shapes.items()}  # fmt: skip
+        shape = shapes["as the worker runs it"]
+        self.call_seconds = shape.rows * shape.streams / self.shapes["as the worker runs it"][1]
+        total = {p: {k: sum(x.moved.get(k, 0.0) for x in v) for k in v[0].moved}
+                 for p, v in runs.items()}  # fmt: skip
+        wall = {p: sum(rows / x.rate for x in v) for p, v in runs.items()}
+        n = rows * rounds
+        self.busy = (total[JOB_ROWS]["busy"] / wall[JOB_ROWS], total[1]["busy"] / wall[1])
+        self.batch_rows = (n / total[JOB_ROWS]["calls"], n / total[1]["calls"])
+        self.cpu = {
+            k: (1000 * total[JOB_ROWS].get(k, 0) / n, 1000 * total[1][k] / n)
+            for k in sorted(total[1], key=lambda k: (k.startswith(" "), k))
+            if k not in ("busy", "calls")
+        }
 
 
 def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Report:
@@ -341,7 +394,6 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
             shapes = {"engine alone": Shape(1, cpu_quota(), JOB_ROWS),
                       "as the worker runs it": Shape(streams, threads, rows)}  # fmt: skip
             embedded = rendered(texts)
-            measured = {k: raw.rate(shape, embedded) for k, shape in shapes.items()}
             assert worker.proc is not None and server.pid is not None
             wpid, spgid = worker.proc.pid, server.pid
             procs: dict[str, Callable[[], float]] = {
@@ -358,35 +410,18 @@ def run_backend(name: str, args: argparse.Namespace, server: PubSubServer) -> Re
                 return {**{k: f() for k, f in procs.items()}, **groups, "busy": busy.value,
                         "calls": calls.value}  # fmt: skip
 
-            def run(per_job: int, tag: str) -> tuple[float, dict[str, float]]:
+            def run(per_job: int, tag: str) -> PathRun:
                 """One path measurement: rows/s and what each counter moved meanwhile."""
                 a = sample()
                 rate = path_rows_per_second(env, worker, texts, per_job, tag)
                 b = sample()
-                return rate, {k: b[k] - a.get(k, 0.0) for k in b}
+                return PathRun(rate, {k: b[k] - a.get(k, 0.0) for k in b})
 
-            runs: dict[int, list[tuple[float, dict[str, float]]]] = {JOB_ROWS: [], 1: []}
-            for r in range(args.repeat):  # alternating, the best of each like the raw rates
-                for per_job in runs:
-                    runs[per_job].append(run(per_job, f"r{per_job}-{r}"))
-            report.runs = {p: [rate for rate, _ in v] for p, v in runs.items()}
-            (report.big, big), (report.one, one) = (max(runs[p], key=lambda x: x[0])
-                                                    for p in (JOB_ROWS, 1))  # fmt: skip
-            n = len(texts)
-            report.busy = (big["busy"] * report.big / n, one["busy"] * report.one / n)
-            report.batch_rows = (n / big["calls"], n / one["calls"])
-            report.cpu = {
-                k: (1000 * big.get(k, 0) / n, 1000 * one.get(k, 0) / n)
-                for k in sorted(one, key=lambda k: (k.startswith(" "), k))
-                if k not in ("busy", "calls")
-            }
-            for k, shape in shapes.items():  # again after the path: the faster run of each
-                again = raw.rate(shape, embedded)
-                report.shapes[k] = (shape, *max(measured[k], again))
-            del raw
-            report.raw = max(rate for _, rate, _ in report.shapes.values())
-            shape, rate, _ = report.shapes["as the worker runs it"]
-            report.call_seconds = shape.rows * shape.streams / rate
+            def raw_rates(raw: Raw = raw) -> dict[str, tuple[float, float]]:
+                return {k: raw.rate(shape, embedded) for k, shape in shapes.items()}
+
+            report.paired(shapes, raw_rates, run, args.rounds, len(texts))
+            del raw, raw_rates  # the bench's model copy: freed before the latency runs
             clock = ResultClock(env)  # from here on results stream to this process
             report.unloaded = probe(env, clock, "lat-idle", [0.2 * i for i in range(20)])
             for share in (50, 80):
@@ -414,7 +449,7 @@ def render(reports: list[Report], server: str, load: tuple[float, float]) -> str
         batch_s = r.call_seconds
 
         def each(per_job: int, r: Report = r) -> str:
-            return " ".join(f"{rate / r.raw:.2f}" for rate in r.runs[per_job])
+            return " ".join(f"{ratio:.2f}" for ratio in r.ratios[per_job])
 
         out += [
             "",
@@ -424,10 +459,10 @@ def render(reports: list[Report], server: str, load: tuple[float, float]) -> str
                 f"{'raw encode, ' + k + ':':46} {rate:9.1f} {rate / r.raw:7.2f}  ({shape})"
                 for k, (shape, rate, _) in r.shapes.items()
             ),
-            f"{'Pub/Sub path, 64-row jobs':46} {r.big:9.1f} {r.big / r.raw:7.2f}  "
-            f"({target(r.big / r.raw, 0.90)}; runs {each(JOB_ROWS)})",
-            f"{'Pub/Sub path, 1-row jobs':46} {r.one:9.1f} {r.one / r.raw:7.2f}  "
-            f"({target(r.one / r.raw, 0.80)}; runs {each(1)})",
+            f"{'Pub/Sub path, 64-row jobs':46} {r.big:9.1f} {r.ratio(JOB_ROWS):7.2f}  "
+            f"({target(r.ratio(JOB_ROWS), 0.90)}; rounds {each(JOB_ROWS)})",
+            f"{'Pub/Sub path, 1-row jobs':46} {r.one:9.1f} {r.ratio(1):7.2f}  "
+            f"({target(r.ratio(1), 0.80)}; rounds {each(1)})",
             f"model busy share {r.busy[0]:38.2f} {r.busy[1]:8.2f}",
             f"rows per encode call {r.batch_rows[0]:34.1f} {r.batch_rows[1]:8.1f}",
             f"CPU ms per row {'64-row':>40} {'1-row':>8}",
@@ -469,8 +504,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--big-rows", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="path runs per job size (the best counts, like raw)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of raw and path runs (the median round counts)")  # fmt: skip
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra worker variable (A/B runs), repeatable")  # fmt: skip
     args = parser.parse_args()
