@@ -139,6 +139,9 @@ class Pipeline:
         body["dims"] = model.dims
         body["normalized"] = normalized
         body["truncated_rows"] = [int(i) for i in np.flatnonzero(counts > model.max_seq_length)]
+        if self.metrics is not None:
+            cut = self.metrics.rows_truncated.labels(job_type_label(job.type))
+            cut.inc(len(body["truncated_rows"]))
         body["max_tokens"] = model.max_seq_length
         return normalize(raw) if normalized else raw
 
