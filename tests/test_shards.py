@@ -157,6 +157,18 @@ async def test_rows_longer_than_the_model_takes_are_marked_truncated(
     assert inline["truncated_rows"] == [1]  # the same rule as a message's result
 
 
+def test_a_part_of_an_older_worker_without_truncated_counts_none(tmp_path: Path) -> None:
+    from worker.parts import OutputDir, part_name
+
+    old = pa.table({"row": [0, 1], "error": [None, "ragged_rows"]})
+    new = pa.table({"row": [2, 3], "truncated": [True, None], "error": [None, "cell_too_large"]})
+    pq.write_table(old, tmp_path / part_name(0))
+    pq.write_table(new, tmp_path / part_name(1))
+    doc = OutputDir(tmp_path, "mixed").commit(2, {"type": "embed"})
+    assert (doc["rows"], doc["rows_with_errors"], doc["rows_truncated"]) == (4, 2, 1)
+    assert [p["truncated"] for p in doc["parts"]] == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("path", "code"),
     [("../escape", "path_outside_root"), ("/abs", "path_outside_root"),
