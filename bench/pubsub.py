@@ -511,6 +511,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rows % JOB_ROWS:  # the CPU per row divides by every row: all of them must run
         parser.error(f"--rows must be a multiple of {JOB_ROWS}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     load_before = os.getloadavg()[0]
     with PubSubServer() as server:
         reports = [run_backend(b, args, server) for b in args.backends.split(",")]

@@ -16,7 +16,8 @@ def main(directory: str, rows: int = 8) -> None:
     success = json.loads((Path(directory) / "_SUCCESS").read_text())
     table = pq.read_table(directory)  # the parts; _SUCCESS and _job.json are skipped
     print(f"{directory}: {success['rows']} rows in {len(success['parts'])} parts, "
-          f"{success['rows_with_errors']} with errors, model {success['model']['name']} "
+          f"{success['rows_with_errors']} with errors, {success.get('rows_truncated', 0)} "
+          f"truncated, model {success['model']['name']} "
           f"({success['backend']} {success['precision']})")  # fmt: skip
     print(f"columns: {', '.join(f'{f.name} ({f.type})' for f in table.schema)}")
     shown = [c for c in table.column_names if c not in ("scores", "embedding")]

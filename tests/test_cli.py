@@ -46,9 +46,18 @@ def test_run_examples_prints_one_result_per_job(tmp_path: Path) -> None:
     assert [p["label"] for p in tickets] == ["billing", "technical", "shipping", "billing"]
     parquet = by_id["classify-tickets-parquet"]
     assert parquet["output"] == {"path": ".cache/demo/tickets-classified", "parts": 3,
-                                 "rows": 1500, "errors": 0}  # fmt: skip
+                                 "rows": 1500, "errors": 0, "truncated": 0}  # fmt: skip
     out = pq.read_table(tmp_path / ".cache/demo/tickets-classified")
-    assert out.column_names == ["row", "ticket_id", "opened", "label", "score", "scores", "error"]
+    assert out.column_names == [
+        "row",
+        "ticket_id",
+        "opened",
+        "label",
+        "score",
+        "scores",
+        "truncated",
+        "error",
+    ]
     by_subject = {
         "billing": "Charged twice", "shipping": "Parcel", "technical": "App crashes"
     }  # fmt: skip

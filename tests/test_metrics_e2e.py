@@ -61,6 +61,8 @@ def table(rows: list[str]) -> dict[str, Any]:
 
 def embed(job_id: str, rows: int) -> bytes:
     texts = [f"{job_id} row {r}: red trail shoes" for r in range(rows)]
+    if rows == LONG_ROWS:  # one row over MiniLM's 256 tokens: embedded truncated
+        texts[0] = " ".join(f"word{i}" for i in range(400))
     return orjson.dumps({"job_id": job_id, "type": "embed", "table": table(texts)})
 
 
@@ -71,6 +73,7 @@ def classify(job_id: str, rows: int) -> bytes:
 
 
 EMBED_ROWS = [1, 2, 3, 4, 5, 6, 7]  # 7 ok embed jobs, 28 rows
+LONG_ROWS = 3  # the embed job with this many rows has one row longer than the model takes
 CLASSIFY_ROWS = [2, 3]  # 2 ok classify jobs, 5 rows
 INVALID = {  # job_id: (message body, type label, error code)
     "bad-empty": (orjson.dumps({"job_id": "bad-empty", "type": "embed",
@@ -119,6 +122,10 @@ def test_worker_metrics_count_exactly_the_jobs_sent(
     assert series(samples, "tabular_rows_total") == {
         labels(type="embed"): float(sum(EMBED_ROWS)),
         labels(type="classify"): float(sum(CLASSIFY_ROWS)),
+    }
+    assert series(samples, "tabular_rows_truncated_total") == {
+        labels(type="embed"): 1.0,
+        labels(type="classify"): 0.0,
     }
     assert series(samples, "tabular_job_duration_seconds_count") == {
         labels(type="embed"): float(len(EMBED_ROWS) + 1),  # bad-empty is an embed job

@@ -241,7 +241,12 @@ def test_duplicate_deliveries_agree(pubsub: PubSubEnv, start_worker: StartWorker
     assert_agree(results[0], results[1])
     assert_agree(results[0], results[2])
     assert results[0]["predictions"][0]["label"] == "cats"
-    assert "tabular_duplicate_jobs_total 1.0" in worker.get("/metrics")[1].decode()
+    # A delivery answered from memory carries the stored body byte for byte (its timings too);
+    # the second can be one as well, when the first was done before it was pulled.
+    from_memory = len(messages) - len({m.message.data for m in messages})
+    assert from_memory >= 1
+    metric = f"tabular_duplicate_jobs_total {float(from_memory)}"
+    assert metric in worker.get("/metrics")[1].decode()
 
 
 def test_attribute_naming_another_job_gets_a_result_of_its_own(

@@ -49,9 +49,9 @@ async def test_parquet_in_gives_the_vectors_of_the_same_rows_inline(
     pipeline = make_pipeline(output_root=str(tmp_path / "out"))
     result = await _handle(pipeline, _job("p1", "cat.parquet", "emb"))
     assert result["status"] == "ok", result
-    assert result["output"] == {"path": "emb", "parts": 1, "rows": 12, "errors": 0}
+    assert result["output"] == {"path": "emb", "parts": 1, "rows": 12, "errors": 0, "truncated": 0}
     got = pq.read_table(tmp_path / "out" / "emb")
-    assert got.column_names == ["row", "sku", "embedding", "error"]
+    assert got.column_names == ["row", "sku", "embedding", "truncated", "error"]
     assert got.schema.field("embedding").type == pa.list_(pa.float32(), 384)
     columns = list(rows[0])
     cells = [[r[c].isoformat() if isinstance(r[c], dt.date) else r[c] for c in columns]
@@ -133,6 +133,40 @@ async def test_bad_rows_get_their_code_and_the_others_go_on(
     assert [r["label"] is not None for r in got] == [True, False, True, False, True]
     assert set(got[0]["scores"]) == {"good", "bad"}
     assert got[3]["id"] is None  # the ragged row has no cells
+
+
+async def test_rows_longer_than_the_model_takes_are_marked_truncated(
+    make_pipeline: PipelineFactory, tmp_path: Path
+) -> None:
+    long = " ".join(f"word{i}" for i in range(400))  # far over MiniLM's 256 tokens
+    (tmp_path / "t.csv").write_text(f"id,text\n1,fine\n2,{long}\n3\n4,{long}\n5,short\n")
+    pipeline = make_pipeline(output_root=str(tmp_path), shard_rows=2)
+    job = {"job_id": "cut-1", "type": "embed", "source": {"path": "t.csv"},
+           "text": {"columns": ["text"]}, "output": {"path": "o", "columns": ["id"]}}  # fmt: skip
+    result = await _handle(pipeline, job)
+    assert result["status"] == "ok" and result["output"]["truncated"] == 2, result
+    got = pq.read_table(tmp_path / "o").sort_by("row").to_pylist()
+    assert [r["truncated"] for r in got] == [False, True, None, True, False]
+    assert got[2]["error"] == "ragged_rows"
+    success = orjson.loads((tmp_path / "o" / "_SUCCESS").read_bytes())
+    assert success["rows_truncated"] == 2
+    assert [p["truncated"] for p in success["parts"]] == [1, 1, 0]
+
+    inline = await _handle(pipeline, {"job_id": "cut-2", "type": "embed", "table": {
+        "columns": ["text"], "rows": [["fine"], [long], ["short"]]}})  # fmt: skip
+    assert inline["truncated_rows"] == [1]  # the same rule as a message's result
+
+
+def test_a_part_of_an_older_worker_without_truncated_counts_none(tmp_path: Path) -> None:
+    from worker.parts import OutputDir, part_name
+
+    old = pa.table({"row": [0, 1], "error": [None, "ragged_rows"]})
+    new = pa.table({"row": [2, 3], "truncated": [True, None], "error": [None, "cell_too_large"]})
+    pq.write_table(old, tmp_path / part_name(0))
+    pq.write_table(new, tmp_path / part_name(1))
+    doc = OutputDir(tmp_path, "mixed").commit(2, {"type": "embed"})
+    assert (doc["rows"], doc["rows_with_errors"], doc["rows_truncated"]) == (4, 2, 1)
+    assert [p["truncated"] for p in doc["parts"]] == [0, 1]
 
 
 @pytest.mark.parametrize(

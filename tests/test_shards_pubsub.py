@@ -140,7 +140,13 @@ def test_three_workers_share_one_large_job(
     assert max(r["progress"]["parts_done"] for r in results if "shard" in r) >= 1
     final = next(r for r in results if r["job_id"] == JOB["job_id"] and r["status"] == "ok")
     parts = -(-ROWS // SHARD_ROWS)
-    assert final["output"] == {"path": "catalogue-emb", "parts": parts, "rows": ROWS, "errors": 0}
+    assert final["output"] == {
+        "path": "catalogue-emb",
+        "parts": parts,
+        "rows": ROWS,
+        "errors": 0,
+        "truncated": 0,
+    }
 
     target = out / "catalogue-emb"
     assert (target / "_SUCCESS").is_file()

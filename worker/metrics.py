@@ -46,10 +46,17 @@ class WorkerMetrics:
         )
         self.rows = Counter("tabular_rows", "Table rows processed, by job type.", ["type"],
                             registry=r)  # fmt: skip
+        self.rows_truncated = Counter(
+            "tabular_rows_truncated",
+            "Rows embedded from their first max_tokens tokens (longer texts), by job type.",
+            ["type"],
+            registry=r,
+        )
         for job_type in JOB_TYPES:
             # The ok series exist at 0 from the start, so rate()/increase() see the first jobs.
             self.jobs.labels(job_type, "ok", "")
             self.rows.labels(job_type)
+            self.rows_truncated.labels(job_type)
         self.queue_seconds = Histogram(
             "tabular_job_queue_seconds",
             "Time from publish to the worker starting the job (Pub/Sub publish_time).",

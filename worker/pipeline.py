@@ -25,7 +25,7 @@ from worker.metrics import WorkerMetrics, job_type_label
 from worker.model import EmbeddingModel
 from worker.results import Outcome, encode_vectors, error_outcome, timings
 from worker.settings import WorkerSettings
-from worker.shards import TableContext, TableJob
+from worker.shards import Inferred, TableContext, TableJob
 from worker.sources import load_source
 from worker.utilisation import BusyMeter
 
@@ -118,12 +118,14 @@ class Pipeline:
         """A job with output.path: results as Parquet parts (worker.shards)."""
         model = self.model  # one model for every shard this worker runs of the job
 
-        async def infer(shard: Job, texts: list[str]) -> tuple[Vectors, list[Prediction] | None]:
+        async def infer(shard: Job, texts: list[str]) -> Inferred:
             check_cost(job_cost(shard, model.dims), self._shard_limits)
-            vectors = await self._vectors(shard, texts, model, {})
-            if shard.type != "classify":
-                return vectors, None
-            return vectors, await self._classify(shard, texts, vectors, model)
+            facts: dict[str, Any] = {}
+            vectors = await self._vectors(shard, texts, model, facts)
+            predictions = None
+            if shard.type == "classify":
+                predictions = await self._classify(shard, texts, vectors, model)
+            return Inferred(vectors, predictions, facts["truncated_rows"])
 
         ctx = TableContext(self.settings.data_root, self.settings.output_root, self.limits,
                            fan_out=self.fan_out)  # fmt: skip
@@ -137,6 +139,9 @@ class Pipeline:
         body["dims"] = model.dims
         body["normalized"] = normalized
         body["truncated_rows"] = [int(i) for i in np.flatnonzero(counts > model.max_seq_length)]
+        if self.metrics is not None:
+            cut = self.metrics.rows_truncated.labels(job_type_label(job.type))
+            cut.inc(len(body["truncated_rows"]))
         body["max_tokens"] = model.max_seq_length
         return normalize(raw) if normalized else raw
 

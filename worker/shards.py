@@ -37,8 +37,17 @@ from worker.tables import Plan, Shard, plan, read_shard, usable_columns
 
 log = logs.get(__name__)
 
-# What the pipeline computes for a shard's good rows: vectors, predictions (classify), model facts.
-Infer = Callable[[Job, list[str]], Awaitable[tuple[Vectors, list[Prediction] | None]]]
+
+@dataclasses.dataclass(frozen=True)
+class Inferred:
+    """What the pipeline computes for a shard's good rows."""
+
+    vectors: Vectors
+    predictions: list[Prediction] | None  # classify jobs
+    truncated: list[int]  # positions of the texts longer than the model takes (cut to fit)
+
+
+Infer = Callable[[Job, list[str]], Awaitable[Inferred]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +139,9 @@ class TableJob:
         self, out: OutputDir, target: Path, spec: ShardSpec, done: dict[str, Any] | None
     ) -> Outcome:
         shard = Shard(spec.index, spec.start, spec.stop, spec.offset, spec.end)
-        rows = errors = 0
+        rows = errors = truncated = 0
         if done is None:
-            rows, errors = await self._run_shard(out, target, spec.columns, shard)
+            rows, errors, truncated = await self._run_shard(out, target, spec.columns, shard)
         missing = await asyncio.to_thread(out.missing, spec.count)
         follow_ups = []
         if done is None and not missing:
@@ -141,17 +150,18 @@ class TableJob:
         body = {
             "job_id": self.job.job_id, "status": "ok", "type": self.job.type,
             "shard": {"of": self.owner, "index": spec.index, "count": spec.count,
-                      "rows": rows, "errors": errors},
+                      "rows": rows, "errors": errors, "truncated": truncated},
             "progress": {"parts_done": spec.count - len(missing), "parts": spec.count},
         }  # fmt: skip
         return Outcome(body, self.job.job_id, self.job.type, rows=rows, follow_ups=follow_ups)
 
     async def _run_shard(
         self, out: OutputDir, target: Path, columns: list[str], shard: Shard
-    ) -> tuple[int, int]:
-        """Write the shard's part (unless a delivery before this one did); (rows, row errors)."""
+    ) -> tuple[int, int, int]:
+        """Write the shard's part (unless a delivery before this one did); (rows, row errors,
+        truncated rows)."""
         if await asyncio.to_thread(out.has_part, shard.index):
-            return 0, 0
+            return 0, 0, 0
         fmt = self.job.source_format or ""
         cells, errors = await asyncio.to_thread(read_shard, target, fmt, columns, shard)
         job = dataclasses.replace(self.job, columns=columns, rows=[])
@@ -162,10 +172,10 @@ class TableJob:
                     errors[i] = code
         good = [i for i in range(len(cells)) if i not in errors]
         job.rows = [cells[i] for i in good]
-        vectors, predictions = await self.infer(job, job.texts()) if good else (None, None)
-        table = self._arrow(columns, cells, shard, errors, good, vectors, predictions)
+        inferred = await self.infer(job, job.texts()) if good else None
+        table = self._arrow(columns, cells, shard, errors, good, inferred)
         await asyncio.to_thread(out.write_part, shard.index, table)
-        return len(cells), len(errors)
+        return len(cells), len(errors), len(inferred.truncated) if inferred else 0
 
     def _row_problem(self, job: Job, row: list[Cell]) -> str | None:
         problem = cell_problem(row, self.ctx.limits)
@@ -183,8 +193,7 @@ class TableJob:
         shard: Shard,
         errors: dict[int, str],
         good: list[int],
-        vectors: Vectors | None,
-        predictions: list[Prediction] | None,
+        inferred: Inferred | None,
     ) -> Any:
         import numpy as np
         import pyarrow as pa
@@ -194,10 +203,11 @@ class TableJob:
         for name in self.job.output_columns:
             data[name] = _column([row[columns.index(name)] for row in cells])
         position = {row: k for k, row in enumerate(good)}
+        predictions = inferred.predictions if inferred else None
         if self.job.embeddings_format != "none":
             flat = np.zeros((n, self.dims), np.float32)
-            if vectors is not None and good:
-                flat[good] = vectors
+            if inferred is not None:
+                flat[good] = inferred.vectors
             values = pa.array(flat.reshape(-1), pa.float32())
             mask = pa.array([i in errors for i in range(n)])
             data["embedding"] = pa.FixedSizeListArray.from_arrays(values, self.dims, mask=mask)
@@ -213,6 +223,9 @@ class TableJob:
             data["score"] = pa.array([p.score if p else None for p in preds], pa.float32())
             struct = pa.struct([pa.field(name, pa.float32()) for name in names])
             data["scores"] = pa.array([p.scores if p else None for p in preds], struct)
+        cut = {good[k] for k in inferred.truncated} if inferred else set()
+        data["truncated"] = pa.array([None if i in errors else i in cut for i in range(n)],
+                                     pa.bool_())  # fmt: skip
         data["error"] = pa.array([errors.get(i) for i in range(n)], pa.string())
         return pa.table(data)
 
@@ -232,7 +245,8 @@ class TableJob:
             "job_id": self.owner, "status": "ok", "type": self.job.type,
             "model": done.get("model", self.model), "rows": done.get("rows", 0),
             "output": {"path": self.output_path, "parts": len(done.get("parts", [])),
-                       "rows": done.get("rows", 0), "errors": done.get("rows_with_errors", 0)},
+                       "rows": done.get("rows", 0), "errors": done.get("rows_with_errors", 0),
+                       "truncated": done.get("rows_truncated", 0)},
         }  # fmt: skip
         return Outcome(body, self.owner, self.job.type, rows=int(done.get("rows", 0)))
 
