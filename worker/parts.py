@@ -144,7 +144,7 @@ class OutputDir:
                 names = [c for c in ("error", "truncated") if c in part.schema_arrow.names]
                 table = part.read(columns=names)  # a part of an older worker has no truncated
             n, bad = table.num_rows, table.num_rows - table.column("error").null_count
-            cut = int(pc.sum(table.column("truncated")).as_py() or 0) if len(names) > 1 else 0
+            cut = int(pc.sum(table.column("truncated")).as_py() or 0) if "truncated" in names else 0
             parts.append({"name": path.name, "rows": n, "errors": bad, "truncated": cut,
                           "sha256": _sha256(path)})  # fmt: skip
             rows, errors, truncated = rows + n, errors + bad, truncated + cut
